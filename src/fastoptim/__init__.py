@@ -1,0 +1,15 @@
+"""fastoptim: the seven classic optimizers as a drop-in replacement for ``torch.optim``.
+
+``import fastoptim as optim`` and use ``optim.SGD``, ``optim.Adam``, ... as with torch.optim.
+"""
+
+from fastoptim.algorithms.adadelta import Adadelta
+from fastoptim.algorithms.adagrad import Adagrad
+from fastoptim.algorithms.adam import Adam
+from fastoptim.algorithms.adamax import Adamax
+from fastoptim.algorithms.adamw import AdamW
+from fastoptim.algorithms.rmsprop import RMSprop
+from fastoptim.algorithms.sgd import SGD
+
+__all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "RMSprop"]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""One module per optimizer: its defaults, checks, state layout and update rule."""

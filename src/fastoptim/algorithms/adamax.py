@@ -1,0 +1,92 @@
+"""Adamax: Adam with the infinity norm in place of the second moment (Kingma & Ba, 2015)."""
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from fastoptim.optimizer import BaseOptimizer, check_non_negative, check_tensor_lr, real_view
+
+
+class Adamax(BaseOptimizer):
+    """Adamax, a drop-in for ``torch.optim.Adamax``.
+
+    With gradient ``g`` at step ``t``::
+
+        g = g + wd * p
+        m = lerp(m, g, 1 - b1)
+        u = max(b2 * u, |g| + eps)
+        p = p - lr / (1 - b1^t) * m / u
+
+    ``fused`` is fastoptim's addition to torch's signature (keyword-only, last).
+    """
+
+    sparse_grad_error = "Adamax does not support sparse gradients"
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        check_tensor_lr(lr)
+        check_non_negative(lr, "learning rate")
+        check_non_negative(eps, "epsilon value")
+        for index in (0, 1):
+            if not 0.0 <= betas[index] < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {index}: {betas[index]}")
+        check_non_negative(weight_decay, "weight_decay value")
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "capturable": capturable,
+            "fused": fused,
+        }
+        super().__init__(params, defaults)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        state["step"] = self._new_step(param, group)
+        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_inf"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def _update_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        for param in params:
+            adamax_update(param, param.grad, self._state_of(param, group), group)
+
+
+def adamax_update(
+    param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
+) -> None:
+    """One Adamax step of one parameter, in torch.optim's for-loop operation order."""
+    beta1, beta2 = group["betas"]
+    if group["maximize"]:
+        grad = -grad
+    step = state["step"]
+    step += 1
+    if group["weight_decay"] != 0:
+        grad = grad.add(param, alpha=group["weight_decay"])
+
+    param, grad = real_view(param), real_view(grad)
+    exp_avg, exp_inf = real_view(state["exp_avg"]), real_view(state["exp_inf"])
+    exp_avg.lerp_(grad, 1 - beta1)
+    norm = grad.abs().add_(group["eps"])
+    if group["differentiable"]:
+        exp_inf.copy_(torch.maximum(exp_inf.mul(beta2), norm))
+    else:
+        torch.maximum(exp_inf.mul_(beta2), norm, out=exp_inf)
+    step_size = group["lr"] / (1 - beta1 ** step.item())
+    param.addcdiv_(exp_avg, exp_inf, value=-step_size)

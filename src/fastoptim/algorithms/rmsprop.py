@@ -1,0 +1,106 @@
+"""RMSprop: gradients divided by a running root-mean-square (Hinton, 2012)."""
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from fastoptim.optimizer import BaseOptimizer, check_non_negative, check_tensor_lr, real_view
+
+
+class RMSprop(BaseOptimizer):
+    """RMSprop, a drop-in for ``torch.optim.RMSprop``.
+
+    With gradient ``g``::
+
+        g = g + wd * p
+        v = alpha * v + (1 - alpha) * g^2
+        a = sqrt(v) + eps                       (centered: gbar = lerp(gbar, g, 1 - alpha),
+                                                           a = sqrt(v - gbar^2) + eps)
+        b = momentum * b + g / a;  p = p - lr * b   (momentum > 0)
+        p = p - lr * g / a                          (otherwise)
+
+    ``fused`` is fastoptim's addition to torch's signature (keyword-only, last).
+    """
+
+    sparse_grad_error = "RMSprop does not support sparse gradients"
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        *,
+        fused: bool | None = None,
+    ) -> None:
+        check_tensor_lr(lr)
+        check_non_negative(lr, "learning rate")
+        check_non_negative(eps, "epsilon value")
+        check_non_negative(momentum, "momentum value")
+        check_non_negative(weight_decay, "weight_decay value")
+        check_non_negative(alpha, "alpha value")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "alpha": alpha,
+            "eps": eps,
+            "centered": centered,
+            "weight_decay": weight_decay,
+            "capturable": capturable,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        super().__init__(params, defaults)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        state["step"] = self._new_step(param, group)
+        state["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        if group["centered"]:
+            state["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def _update_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        for param in params:
+            rmsprop_update(param, param.grad, self._state_of(param, group), group)
+
+
+def rmsprop_update(
+    param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
+) -> None:
+    """One RMSprop step of one parameter, in torch.optim's for-loop operation order."""
+    alpha, eps = group["alpha"], group["eps"]
+    if group["maximize"]:
+        grad = -grad
+    state["step"] += 1
+    if group["weight_decay"] != 0:
+        grad = grad.add(param, alpha=group["weight_decay"])
+
+    param, grad = real_view(param), real_view(grad)
+    square_avg = real_view(state["square_avg"])
+    square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+    if group["centered"]:
+        grad_avg = real_view(state["grad_avg"])
+        grad_avg.lerp_(grad, 1 - alpha)
+        avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+    else:
+        avg = square_avg.sqrt()
+    avg = avg.add(eps) if group["differentiable"] else avg.add_(eps)
+
+    if group["momentum"] > 0:
+        buffer = real_view(state["momentum_buffer"])
+        buffer.mul_(group["momentum"]).addcdiv_(grad, avg)
+        param.add_(buffer, alpha=-group["lr"])
+    else:
+        param.addcdiv_(grad, avg, value=-group["lr"])
