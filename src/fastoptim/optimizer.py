@@ -29,7 +29,7 @@ def real_view(tensor: Tensor) -> Tensor:
 
 def check_non_negative(value: float | Tensor, what: str) -> None:
     """Raise ``ValueError("Invalid <what>: <value>")`` unless ``0 <= value``."""
-    if not 0.0 <= value:
+    if not value >= 0.0:
         raise ValueError(f"Invalid {what}: {value}")
 
 
@@ -73,8 +73,10 @@ class BaseOptimizer(torch.optim.Optimizer):
                 group.setdefault(name, signature_defaults.get(name))
             for param in group["params"]:
                 param_state = self.state.get(param)
-                if param_state and "step" in param_state and not torch.is_tensor(
-                    param_state["step"]
+                if (
+                    param_state
+                    and "step" in param_state
+                    and not torch.is_tensor(param_state["step"])
                 ):
                     param_state["step"] = self._new_step(param, group, float(param_state["step"]))
 
@@ -105,9 +107,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         params = [p for p in group["params"] if p.grad is not None]
         if self.sparse_grad_error is not None and any(p.grad.is_sparse for p in params):
             raise RuntimeError(self.sparse_grad_error)
-        if group.get("capturable") and any(
-            p.device.type not in CAPTURABLE_DEVICES for p in params
-        ):
+        if group.get("capturable") and any(p.device.type not in CAPTURABLE_DEVICES for p in params):
             raise AssertionError(
                 "If capturable=True, params and state_steps must be on supported devices: "
                 f"{CAPTURABLE_DEVICES}."

@@ -6,7 +6,13 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from fastoptim.optimizer import BaseOptimizer, check_non_negative, check_tensor_lr, real_view
+from fastoptim.optimizer import (
+    BaseOptimizer,
+    as_scalar,
+    check_non_negative,
+    check_tensor_lr,
+    real_view,
+)
 
 
 class Adadelta(BaseOptimizer):
@@ -91,4 +97,4 @@ def adadelta_update(
     acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
     if is_complex:
         delta = torch.view_as_complex(delta)
-    param.add_(delta, alpha=-group["lr"])
+    param.add_(delta, alpha=-as_scalar(group["lr"]))

@@ -6,7 +6,13 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from fastoptim.optimizer import BaseOptimizer, check_non_negative, check_tensor_lr, real_view
+from fastoptim.optimizer import (
+    BaseOptimizer,
+    as_scalar,
+    check_non_negative,
+    check_tensor_lr,
+    real_view,
+)
 
 
 class Adagrad(BaseOptimizer):
@@ -93,15 +99,19 @@ def adagrad_update(
         if grad.is_sparse:
             raise RuntimeError("weight_decay option is not compatible with sparse gradients")
         grad = grad.add(param, alpha=group["weight_decay"])
-    clr = group["lr"] / (1 + (step.item() - 1) * group["lr_decay"])
+    clr = as_scalar(group["lr"]) / (1 + (step.item() - 1) * group["lr_decay"])
     total = state["sum"]
 
     if grad.is_sparse:
         grad = grad.coalesce()  # the update is non-linear, so indices must be unique
         indices, values = grad.indices(), grad.values()
-        total.add_(torch.sparse_coo_tensor(indices, values.pow(2), grad.size()))
+
+        def like_grad(new_values: Tensor) -> Tensor:
+            return torch.sparse_coo_tensor(indices, new_values, grad.size(), check_invariants=False)
+
+        total.add_(like_grad(values.pow(2)))
         std_values = total.sparse_mask(grad).values().sqrt().add_(group["eps"])
-        param.add_(torch.sparse_coo_tensor(indices, values / std_values, grad.size()), alpha=-clr)
+        param.add_(like_grad(values / std_values), alpha=-clr)
         return
 
     grad, total, param = real_view(grad), real_view(total), real_view(param)

@@ -26,9 +26,7 @@ class Adam(BaseOptimizer):
         p = p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
     """
 
-    sparse_grad_error = (
-        "Adam does not support sparse gradients, please consider SparseAdam instead"
-    )
+    sparse_grad_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
 
     def __init__(
         self,
@@ -105,7 +103,7 @@ def adam_update(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[
     With ``differentiable`` the bias corrections stay tensors, so gradients flow through
     Tensor ``lr`` and ``betas``.
     """
-    lr, weight_decay, eps = group["lr"], group["weight_decay"], group["eps"]
+    lr, weight_decay, eps = as_scalar(group["lr"]), group["weight_decay"], group["eps"]
     beta1, beta2 = group["betas"]
     differentiable = group["differentiable"]
     if group["maximize"]:

@@ -6,7 +6,13 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from fastoptim.optimizer import BaseOptimizer, check_non_negative, check_tensor_lr, real_view
+from fastoptim.optimizer import (
+    BaseOptimizer,
+    as_scalar,
+    check_non_negative,
+    check_tensor_lr,
+    real_view,
+)
 
 
 class Adamax(BaseOptimizer):
@@ -88,5 +94,5 @@ def adamax_update(
         exp_inf.copy_(torch.maximum(exp_inf.mul(beta2), norm))
     else:
         torch.maximum(exp_inf.mul_(beta2), norm, out=exp_inf)
-    step_size = group["lr"] / (1 - beta1 ** step.item())
+    step_size = as_scalar(group["lr"]) / (1 - beta1 ** step.item())
     param.addcdiv_(exp_avg, exp_inf, value=-step_size)

@@ -6,7 +6,13 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from fastoptim.optimizer import BaseOptimizer, check_non_negative, check_tensor_lr, real_view
+from fastoptim.optimizer import (
+    BaseOptimizer,
+    as_scalar,
+    check_non_negative,
+    check_tensor_lr,
+    real_view,
+)
 
 
 class RMSprop(BaseOptimizer):
@@ -80,7 +86,7 @@ def rmsprop_update(
     param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
 ) -> None:
     """One RMSprop step of one parameter, in torch.optim's for-loop operation order."""
-    alpha, eps = group["alpha"], group["eps"]
+    lr, alpha, eps = as_scalar(group["lr"]), group["alpha"], group["eps"]
     if group["maximize"]:
         grad = -grad
     state["step"] += 1
@@ -101,6 +107,6 @@ def rmsprop_update(
     if group["momentum"] > 0:
         buffer = real_view(state["momentum_buffer"])
         buffer.mul_(group["momentum"]).addcdiv_(grad, avg)
-        param.add_(buffer, alpha=-group["lr"])
+        param.add_(buffer, alpha=-lr)
     else:
-        param.addcdiv_(grad, avg, value=-group["lr"])
+        param.addcdiv_(grad, avg, value=-lr)

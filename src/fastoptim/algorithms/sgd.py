@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from fastoptim.optimizer import BaseOptimizer, check_non_negative, check_tensor_lr
+from fastoptim.optimizer import BaseOptimizer, as_scalar, check_non_negative, check_tensor_lr
 
 
 class SGD(BaseOptimizer):
@@ -69,7 +69,7 @@ def sgd_update(
     ``states`` is the optimizer's state table; it is touched only when momentum is on, so
     plain SGD keeps an empty state as torch.optim does.
     """
-    lr, weight_decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
+    lr, weight_decay, momentum = as_scalar(group["lr"]), group["weight_decay"], group["momentum"]
     if group["maximize"]:
         grad = -grad
     if weight_decay != 0:

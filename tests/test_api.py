@@ -1,0 +1,399 @@
+"""Drop-in behaviour beyond the update math: signatures, errors, state_dict, sparse, autograd."""
+
+import copy
+import inspect
+import io
+from typing import Any
+
+import pytest
+import torch
+from _parity import assert_same_state, leaf_copies, make_pair, step_pair
+
+import fastoptim
+
+NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "RMSprop"]
+WITHOUT_TORCH_FUSED = ["Adadelta", "Adamax", "RMSprop"]
+
+# One rich option set per optimizer, used where a single configuration suffices.
+RICH_OPTIONS: dict[str, dict[str, Any]] = {
+    "SGD": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.1, "nesterov": True},
+    "Adam": {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1},
+    "AdamW": {"lr": 0.01, "amsgrad": True},
+    "Adagrad": {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1},
+    "Adadelta": {"lr": 0.5, "rho": 0.8, "weight_decay": 0.1},
+    "Adamax": {"lr": 0.02, "weight_decay": 0.1},
+    "RMSprop": {"lr": 0.01, "momentum": 0.9, "centered": True},
+}
+
+
+def ours_and_torch(name: str) -> tuple[type, type]:
+    return getattr(fastoptim, name), getattr(torch.optim, name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_is_a_torch_optimizer_and_not_torchs_class(name: str) -> None:
+    ours, theirs = ours_and_torch(name)
+    assert issubclass(ours, torch.optim.Optimizer)
+    assert not issubclass(ours, theirs)
+    assert isinstance(ours([torch.zeros(2, requires_grad=True)]), torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_signature_matches_torch(name: str) -> None:
+    """Same names, order, kinds, defaults and annotations; ``fused`` may be added, last."""
+    ours, theirs = (inspect.signature(cls.__init__).parameters for cls in ours_and_torch(name))
+    assert [n for n in ours if n in theirs] == list(theirs)
+    for parameter_name, expected in theirs.items():
+        actual = ours[parameter_name]
+        assert (actual.kind, actual.default, actual.annotation) == (
+            expected.kind,
+            expected.default,
+            expected.annotation,
+        ), parameter_name
+    added = [n for n in ours if n not in theirs]
+    assert added == (["fused"] if name in WITHOUT_TORCH_FUSED else [])
+    if added:
+        assert list(ours)[-1] == "fused"
+        assert ours["fused"].kind is inspect.Parameter.KEYWORD_ONLY
+        assert ours["fused"].default is None
+
+
+BAD_HYPERPARAMETERS = [
+    ("SGD", {"lr": -0.1}),
+    ("SGD", {"lr": 0.1, "momentum": -0.5}),
+    ("SGD", {"lr": 0.1, "weight_decay": -1e-3}),
+    ("SGD", {"lr": 0.1, "nesterov": True}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True}),
+    ("SGD", {"lr": torch.tensor([0.1, 0.2])}),
+    ("SGD", {"lr": 0.1, "fused": True, "differentiable": True}),
+    ("SGD", {"lr": 0.1, "fused": True, "foreach": True}),
+    ("Adam", {"lr": -1.0}),
+    ("Adam", {"eps": -1e-8}),
+    ("Adam", {"betas": (1.0, 0.999)}),
+    ("Adam", {"betas": (0.9, 1.0)}),
+    ("Adam", {"betas": (-0.1, 0.999)}),
+    ("Adam", {"weight_decay": -0.1}),
+    ("Adam", {"betas": (0.9, torch.tensor(0.999))}),
+    ("Adam", {"betas": (torch.tensor([0.9, 0.8]), torch.tensor(0.999))}),
+    ("Adam", {"betas": (torch.tensor(0.9), torch.tensor(0.999)), "foreach": True}),
+    ("Adam", {"lr": torch.tensor(0.01), "foreach": True}),
+    ("Adam", {"lr": torch.tensor([0.01, 0.02])}),
+    ("Adam", {"fused": True, "differentiable": True}),
+    ("Adam", {"fused": True, "foreach": True}),
+    ("AdamW", {"lr": -1.0}),
+    ("AdamW", {"betas": (0.9, 1.5)}),
+    ("AdamW", {"weight_decay": -1.0}),
+    ("AdamW", {"fused": True, "differentiable": True}),
+    ("Adagrad", {"lr": -0.1}),
+    ("Adagrad", {"lr_decay": -0.1}),
+    ("Adagrad", {"weight_decay": -0.1}),
+    ("Adagrad", {"initial_accumulator_value": -0.1}),
+    ("Adagrad", {"eps": -0.1}),
+    ("Adagrad", {"fused": True, "differentiable": True}),
+    ("Adagrad", {"fused": True, "foreach": True}),
+    ("Adadelta", {"lr": -0.1}),
+    ("Adadelta", {"rho": 1.1}),
+    ("Adadelta", {"rho": -0.1}),
+    ("Adadelta", {"eps": -0.1}),
+    ("Adadelta", {"weight_decay": -0.1}),
+    ("Adadelta", {"lr": torch.tensor([1.0, 2.0])}),
+    ("Adamax", {"lr": -0.1}),
+    ("Adamax", {"eps": -0.1}),
+    ("Adamax", {"betas": (1.0, 0.9)}),
+    ("Adamax", {"betas": (0.9, -0.9)}),
+    ("Adamax", {"weight_decay": -0.1}),
+    ("RMSprop", {"lr": -0.1}),
+    ("RMSprop", {"eps": -0.1}),
+    ("RMSprop", {"momentum": -0.1}),
+    ("RMSprop", {"weight_decay": -0.1}),
+    ("RMSprop", {"alpha": -0.1}),
+]
+
+
+def raised_by(make: Any) -> BaseException:
+    with pytest.raises(Exception) as caught:
+        make()
+    return caught.value
+
+
+@pytest.mark.parametrize(("name", "options"), BAD_HYPERPARAMETERS)
+def test_bad_hyperparameters_raise_like_torch(name: str, options: dict) -> None:
+    ours, theirs = ours_and_torch(name)
+    param = torch.zeros(3, requires_grad=True)
+    expected = raised_by(lambda: theirs([param], **options))
+    actual = raised_by(lambda: ours([param], **options))
+    assert type(actual) is type(expected)
+    assert str(actual) == str(expected)
+
+
+@pytest.mark.parametrize("name", WITHOUT_TORCH_FUSED)
+def test_fused_flag_conflicts_raise_as_in_torchs_fused_optimizers(name: str) -> None:
+    cls = getattr(fastoptim, name)
+    param = torch.zeros(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"^`fused` does not support `differentiable`$"):
+        cls([param], fused=True, differentiable=True)
+    with pytest.raises(RuntimeError, match=r"^`fused` and `foreach` cannot be `True` together\.$"):
+        cls([param], fused=True, foreach=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_params_raise_like_torch(name: str) -> None:
+    ours, theirs = ours_and_torch(name)
+    param = torch.zeros(3, requires_grad=True)
+    for params in ([], param, [{"params": [param]}, {"params": [param]}], [1.0]):
+        expected = raised_by(lambda params=params: theirs(params))
+        actual = raised_by(lambda params=params: ours(params))
+        assert (type(actual), str(actual)) == (type(expected), str(expected))
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "Adamax", "RMSprop"])
+def test_capturable_on_cpu_raises_like_torch(name: str) -> None:
+    results = []
+    for cls in ours_and_torch(name):
+        param = torch.zeros(3, requires_grad=True)
+        param.grad = torch.ones(3)
+        results.append(raised_by(cls([param], capturable=True).step))
+    actual, expected = results
+    assert (type(actual), str(actual)) == (type(expected), str(expected))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_returns_the_closure_loss_and_updates_like_torch(name: str) -> None:
+    ours, theirs = make_pair(name, RICH_OPTIONS[name], torch.float32)
+    losses = []
+    for optimizer in (ours, theirs):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+
+        def closure(optimizer=optimizer, params=params) -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = sum((p**2).sum() for p in params)
+            loss.backward()
+            return loss
+
+        losses.append([optimizer.step(closure) for _ in range(5)])
+    assert [loss.item() for loss in losses[0]] == [loss.item() for loss in losses[1]]
+    assert_same_state(ours, theirs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("direction", ["torch-to-fastoptim", "fastoptim-to-torch"])
+def test_state_dict_cross_loading_continues_identically(name: str, direction: str) -> None:
+    ours, theirs = make_pair(name, RICH_OPTIONS[name], torch.float32, {"lr": 0.002})
+    step_pair(ours, theirs, steps=10)
+    source, continued = (theirs, ours) if direction == "torch-to-fastoptim" else (ours, theirs)
+    buffer = io.BytesIO()
+    torch.save(source.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+
+    target_cls = type(continued)
+    params = leaf_copies([p.detach() for group in source.param_groups for p in group["params"]])
+    groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.002}]
+    target = target_cls(groups, **RICH_OPTIONS[name])
+    target.load_state_dict(saved)
+    pair = (target, source) if direction == "torch-to-fastoptim" else (source, target)
+    assert_same_state(*pair)
+    step_pair(*pair, steps=10, seed=7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pickled_optimizer_keeps_its_state(name: str) -> None:
+    ours, theirs = make_pair(name, RICH_OPTIONS[name], torch.float64)
+    step_pair(ours, theirs, steps=3)
+    clone = copy.deepcopy(ours)
+    assert clone.state_dict()["param_groups"] == ours.state_dict()["param_groups"]
+    assert len(clone.state) == len(ours.state)
+
+
+def test_adagrad_state_exists_from_the_constructor_as_in_torch() -> None:
+    ours, theirs = make_pair("Adagrad", {"initial_accumulator_value": 0.3}, torch.float32)
+    assert_same_state(ours, theirs)
+    assert len(ours.state) == 4
+
+
+def test_sgd_without_momentum_keeps_no_state() -> None:
+    ours, theirs = make_pair("SGD", {"lr": 0.1}, torch.float32)
+    step_pair(ours, theirs, steps=3)
+    assert ours.state_dict()["state"] == theirs.state_dict()["state"] == {}
+
+
+def sparse_grad(rows: int, generator: torch.Generator) -> torch.Tensor:
+    """A sparse COO gradient of a (rows, 3) parameter with a repeated row index."""
+    indices = torch.tensor([[0, 3, 3, rows - 1]])
+    values = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    return torch.sparse_coo_tensor(indices, values, (rows, 3), check_invariants=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("SGD", {"lr": 0.1}),
+        ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.2}),
+        ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "maximize": True}),
+        ("Adagrad", {"lr": 0.1}),
+        ("Adagrad", {"lr": 0.1, "lr_decay": 0.05, "maximize": True}),
+    ],
+)
+def test_sparse_gradients_match_torch(name: str, options: dict) -> None:
+    generator = torch.Generator().manual_seed(3)
+    start = torch.randn(6, 3, dtype=torch.float64)
+    ours_param, torch_param = leaf_copies([start, start])
+    ours = getattr(fastoptim, name)([ours_param], **options)
+    theirs = getattr(torch.optim, name)([torch_param], **options)
+    for _ in range(10):
+        grad = sparse_grad(6, generator)
+        ours_param.grad, torch_param.grad = grad.clone(), grad.clone()
+        ours.step()
+        theirs.step()
+        assert_same_state(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("SGD", {"lr": 0.1, "weight_decay": 0.1}),
+        ("Adagrad", {"weight_decay": 0.1}),
+        *[(name, {}) for name in ["Adam", "AdamW", "Adadelta", "Adamax", "RMSprop"]],
+    ],
+)
+def test_unsupported_sparse_gradients_raise_like_torch(name: str, options: dict) -> None:
+    errors = []
+    for cls in ours_and_torch(name):
+        param = torch.zeros(6, 3, dtype=torch.float64, requires_grad=True)
+        param.grad = sparse_grad(6, torch.Generator().manual_seed(0))
+        errors.append(raised_by(cls([param], **options).step))
+    actual, expected = errors
+    assert (type(actual), str(actual)) == (type(expected), str(expected))
+
+
+DIFFERENTIABLE_CASES = [
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.1, "nesterov": True}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.3, "maximize": True}),
+    ("Adam", {"lr": 0.1, "weight_decay": 0.1}),
+    ("Adam", {"lr": 0.1, "amsgrad": True, "maximize": True}),
+    ("AdamW", {"lr": 0.1, "amsgrad": True}),
+    ("Adagrad", {"lr": 0.1, "lr_decay": 0.1, "weight_decay": 0.1}),
+    ("Adadelta", {"lr": 0.5, "weight_decay": 0.1}),
+    ("Adamax", {"lr": 0.1, "weight_decay": 0.1}),
+    ("RMSprop", {"lr": 0.1, "weight_decay": 0.1}),
+    ("RMSprop", {"lr": 0.1, "momentum": 0.9, "centered": True}),
+]
+
+
+POSITIVE_STATE = {"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta", "exp_inf"}
+
+
+def state_keys(cls: type, options: dict) -> list[str]:
+    """The tensor state keys (besides ``step``) that one step of ``cls`` creates."""
+    probe = torch.zeros(2, requires_grad=True)
+    optimizer = cls([probe], **options)
+    probe.grad = torch.ones(2)
+    optimizer.step()
+    return [key for key in optimizer.state[probe] if key != "step"]
+
+
+def random_state(keys: list[str], shape: tuple[int, ...], seed: int) -> list[torch.Tensor]:
+    """State values that keep every square root real: squared averages >= 0.5, |grad_avg| small."""
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for key in keys:
+        value = torch.randn(shape, generator=generator, dtype=torch.float64)
+        if key in POSITIVE_STATE:
+            value = value.abs() + 0.5
+        elif key == "grad_avg":
+            value = value * 0.1
+        values.append(value.requires_grad_())
+    return values
+
+
+def differentiable_step(cls: type, options: dict, keys: list[str]) -> Any:
+    """One differentiable step at step count 3, as a function of param, grad and state."""
+
+    def run(param: torch.Tensor, grad: torch.Tensor, *state: torch.Tensor) -> tuple:
+        stepped = param.clone()
+        optimizer = cls([stepped], differentiable=True, **options)
+        optimizer.state[stepped] = {
+            key: value.clone() for key, value in zip(keys, state, strict=True)
+        }
+        if cls.__name__ != "SGD":
+            optimizer.state[stepped]["step"] = torch.tensor(3.0, dtype=torch.float64)
+        stepped.grad = grad
+        optimizer.step()
+        return (stepped, *(optimizer.state[stepped][key] for key in keys))
+
+    return run
+
+
+@pytest.mark.parametrize(("name", "options"), DIFFERENTIABLE_CASES)
+def test_differentiable_step_passes_gradcheck_and_matches_torch(name: str, options: dict) -> None:
+    """Gradients flow to the parameter, the gradient and every state tensor."""
+    ours_cls, torch_cls = ours_and_torch(name)
+    keys = state_keys(ours_cls, options)
+    assert keys == state_keys(torch_cls, options)
+    generator = torch.Generator().manual_seed(0)
+    param = torch.randn(3, 2, generator=generator, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, 2, generator=generator, dtype=torch.float64, requires_grad=True)
+    inputs = (param, grad, *random_state(keys, (3, 2), seed=1))
+    ours = differentiable_step(ours_cls, options, keys)
+    theirs = differentiable_step(torch_cls, options, keys)
+    for actual, expected in zip(ours(*inputs), theirs(*inputs), strict=True):
+        assert torch.equal(actual, expected)
+    assert torch.autograd.gradcheck(ours, inputs)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"), [("SGD", {}), ("SGD", {"momentum": 0.9}), ("Adam", {})]
+)
+def test_gradient_flows_to_a_tensor_learning_rate(name: str, options: dict) -> None:
+    cls = getattr(fastoptim, name)
+    keys = state_keys(cls, {"lr": 0.1, **options})
+    generator = torch.Generator().manual_seed(0)
+    param = torch.randn(4, generator=generator, dtype=torch.float64)
+    grad = torch.randn(4, generator=generator, dtype=torch.float64)
+    state = [value.detach() for value in random_state(keys, (4,), seed=2)]
+
+    def run(lr: torch.Tensor) -> torch.Tensor:
+        return differentiable_step(cls, {"lr": lr, **options}, keys)(param, grad, *state)[0]
+
+    lr = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(run, (lr,))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lr_scheduler_drives_the_learning_rate(name: str) -> None:
+    ours, theirs = make_pair(name, RICH_OPTIONS[name], torch.float32, {"lr": 0.002})
+    schedulers = [
+        torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5) for opt in (ours, theirs)
+    ]
+    for _ in range(12):
+        step_pair(ours, theirs, steps=1)
+        for scheduler in schedulers:
+            scheduler.step()
+        assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in theirs.param_groups]
+    assert ours.param_groups[0]["lr"] == RICH_OPTIONS[name]["lr"] * 0.5**4
+
+
+def test_one_cycle_schedule_cycles_adam_betas_like_torch() -> None:
+    ours, theirs = make_pair("Adam", {"lr": 0.01}, torch.float32)
+    schedulers = [
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=12)
+        for opt in (ours, theirs)
+    ]
+    for _ in range(11):
+        step_pair(ours, theirs, steps=1)
+        for scheduler in schedulers:
+            scheduler.step()
+    assert ours.param_groups[0]["betas"] == theirs.param_groups[0]["betas"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_hooks_run(name: str) -> None:
+    param = torch.zeros(2, requires_grad=True)
+    optimizer = getattr(fastoptim, name)([param], lr=0.1)
+    calls = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: calls.append("pre"))
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append("post"))
+    param.grad = torch.ones(2)
+    optimizer.step()
+    assert calls == ["pre", "post"]
+    assert not torch.equal(param, torch.zeros(2))
