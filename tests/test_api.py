@@ -397,3 +397,21 @@ def test_step_hooks_run(name: str) -> None:
     optimizer.step()
     assert calls == ["pre", "post"]
     assert not torch.equal(param, torch.zeros(2))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nan_learning_rate_is_rejected(name: str) -> None:
+    param = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match=r"^Invalid learning rate: nan$"):
+        getattr(fastoptim, name)([param], lr=float("nan"))
+
+
+def test_rejected_step_changes_no_group() -> None:
+    dense, embedding = torch.ones(3, requires_grad=True), torch.ones(6, 3, requires_grad=True)
+    optimizer = fastoptim.Adam([{"params": [dense]}, {"params": [embedding]}])
+    dense.grad = torch.ones(3)
+    embedding.grad = sparse_grad(6, torch.Generator().manual_seed(0)).float()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        optimizer.step()
+    assert torch.equal(dense, torch.ones(3))
+    assert len(optimizer.state) == 0

@@ -1,0 +1,1 @@
+../src/fastoptim/lab/tutorial.py
