@@ -66,11 +66,12 @@ def make_pair(
 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """The same parameters in a fastoptim and a torch.optim optimizer, two groups if asked.
 
-    ``ours_only`` adds options given to the fastoptim optimizer alone (such as ``fused``).
+    ``ours_only`` adds options given to the fastoptim optimizer alone; it runs the bit-exact
+    reference path (``fused=False``) unless they say otherwise.
     """
     base = make_params(dtype, seed)
     optimizers = []
-    for module, extra in ((fastoptim, ours_only or {}), (torch.optim, {})):
+    for module, extra in ((fastoptim, {"fused": False, **(ours_only or {})}), (torch.optim, {})):
         params = leaf_copies(base)
         if second_group is None:
             groups: Any = params

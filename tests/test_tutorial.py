@@ -37,12 +37,18 @@ def test_tutorial_is_repeatable_under_a_seed(capsys) -> None:
     assert outputs[0] != outputs[2]
 
 
-def test_tutorial_learns_like_torch_optim(monkeypatch) -> None:
-    """fastoptim gives the tutorial exactly the numbers torch.optim gives it."""
+def test_tutorial_learns_what_torch_optim_learns(monkeypatch) -> None:
+    """The default (fused) path gives the tutorial torch.optim's numbers, to float32 precision.
+
+    Tolerance: 1e-5 relative, the fused-kernel bound in float32 (see tests/test_kernels.py).
+    """
     ours = {name: tutorial.train(name, a, b, seed=5) for name, a, b in tutorial.EXAMPLES}
     monkeypatch.setattr(tutorial, "optim", torch.optim)
     theirs = {name: tutorial.train(name, a, b, seed=5) for name, a, b in tutorial.EXAMPLES}
-    assert ours == theirs
+    for name in ours:
+        flat_ours = [value for pair in ours[name] for value in pair]
+        flat_theirs = [value for pair in theirs[name] for value in pair]
+        assert flat_ours == pytest.approx(flat_theirs, rel=1e-5, abs=1e-6)
 
 
 def test_sgd_example_moves_towards_the_true_line() -> None:

@@ -3,18 +3,38 @@
 Every public optimizer derives from :class:`BaseOptimizer`, itself a plain subclass of
 ``torch.optim.Optimizer``, so schedulers, hooks, ``state_dict`` and ``isinstance`` checks work
 as with torch.optim. A subclass supplies its hyperparameter checks, ``_init_state`` (the state
-layout of one parameter) and ``_update_group`` (the update rule).
+layout of one parameter), ``_reference_step`` (the update rule in torch.optim's operation order)
+and the glue to its fused kernel (``_kernel_state_keys``, ``_launch_kernel``) and to torch's
+implementation for other devices (``_torch_step``).
 """
 
 import inspect
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numba
+import numpy as np
 import torch
 from torch import Tensor
 
 # Device types on which torch's optimizers accept ``capturable=True``.
 CAPTURABLE_DEVICES = ["cuda", "xpu", "hpu", "privateuseone", "xla"]
+
+# Storage type markers of the kernels (see fastoptim.kernels.memory); complex tensors are
+# updated through their real view.
+KERNEL_MARKERS = {
+    torch.float32: np.dtype(np.float32),
+    torch.float64: np.dtype(np.float64),
+    torch.bfloat16: np.dtype(np.uint16),
+    torch.complex64: np.dtype(np.float32),
+    torch.complex128: np.dtype(np.float64),
+}
+STEP_MARKERS = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+# Numba's default thread pool serves one kernel at a time: Python threads take turns.
+KERNEL_LOCK = threading.Lock()
 
 
 def scalar_dtype() -> torch.dtype:
@@ -42,6 +62,50 @@ def check_tensor_lr(lr: float | Tensor) -> None:
 def as_scalar(value: float | Tensor) -> float | Tensor:
     """A one-element Tensor hyperparameter as a 0-d Tensor; anything else unchanged."""
     return value.squeeze() if isinstance(value, Tensor) and value.dim() != 0 else value
+
+
+@dataclass
+class KernelBatch:
+    """Parameters of one dtype (and step dtype) that one kernel call updates."""
+
+    dtype: torch.dtype
+    step_dtype: torch.dtype
+    params: list[Tensor] = field(default_factory=list)
+
+
+def kernel_blocker(param: Tensor, state: dict[str, Any]) -> str | None:
+    """Why the fused kernel cannot update ``param`` (with gradient and ``state``), or None."""
+    grad = param.grad
+    if not (param.is_cpu and grad.is_cpu):
+        return f"it is on {param.device}; fastoptim's kernels run on the CPU"
+    if grad.is_sparse:
+        return "its gradient is sparse"
+    if param.dtype not in KERNEL_MARKERS:
+        return f"its dtype is {param.dtype}; kernels take float32, float64, bfloat16 and complex"
+    buffers = [grad, *(v for k, v in state.items() if k != "step" and isinstance(v, Tensor))]
+    if any(t.dtype is not param.dtype or t.shape != param.shape for t in buffers):
+        return "its gradient or state differs from it in dtype or shape"
+    if param.is_contiguous():
+        if not all(t.is_contiguous() for t in buffers):
+            return "its gradient or state is not contiguous like the parameter"
+    elif not is_dense(param) or any(t.stride() != param.stride() for t in buffers):
+        return "it is not dense, or its gradient or state has other strides"
+    step = state.get("step")
+    if step is not None and (
+        step.dtype not in STEP_MARKERS or not step.is_cpu or step.numel() != 1
+    ):
+        return "its step counter is not a float32 or float64 CPU scalar"
+    return None
+
+
+def is_dense(tensor: Tensor) -> bool:
+    """Whether ``tensor``'s elements fill one block of memory, in some order of dimensions."""
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride(), strict=True), key=lambda d: d[1]):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 class BaseOptimizer(torch.optim.Optimizer):
@@ -90,20 +154,33 @@ class BaseOptimizer(torch.optim.Optimizer):
         return torch.tensor(value, dtype=scalar_dtype())
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform one optimization step; return the loss of ``closure`` if one is given."""
+        """Perform one optimization step; return the loss of ``closure`` if one is given.
+
+        Under ``torch.amp.GradScaler`` (which sets ``grad_scale`` and ``found_inf``), gradients
+        are unscaled inside the update, and a step with ``found_inf`` set changes nothing.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and found_inf.item() != 0:
+            return loss
+        grad_scale = getattr(self, "grad_scale", None)
+        inv_scale = None if grad_scale is None else grad_scale.double().reciprocal().float()
         with torch.set_grad_enabled(self.defaults["differentiable"]):
-            work = [(group, self._params_with_grad(group)) for group in self.param_groups]
-            for group, params in work:
-                if params:
-                    self._update_group(group, params)
+            plans = [self._plan(group) for group in self.param_groups]
+            for group, batches, others in plans:
+                for batch in batches:
+                    self._run_kernel(group, batch, inv_scale)
+                self._step_without_kernel(group, others, inv_scale)
         return loss
 
-    def _params_with_grad(self, group: dict[str, Any]) -> list[Tensor]:
-        """The group's parameters that have a gradient, after checking that they can be stepped."""
+    def _plan(
+        self, group: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[KernelBatch], list[Tensor]]:
+        """Check the group's parameters with a gradient and split them between the kernel
+        (batches of one dtype) and the other paths. Nothing is changed here."""
         params = [p for p in group["params"] if p.grad is not None]
         if self.sparse_grad_error is not None and any(p.grad.is_sparse for p in params):
             raise RuntimeError(self.sparse_grad_error)
@@ -112,7 +189,68 @@ class BaseOptimizer(torch.optim.Optimizer):
                 "If capturable=True, params and state_steps must be on supported devices: "
                 f"{CAPTURABLE_DEVICES}."
             )
-        return params
+        if group["fused"] is False or group["differentiable"] or not params:
+            return group, [], params
+        batches: dict[tuple[torch.dtype, torch.dtype], KernelBatch] = {}
+        others = []
+        for param in params:
+            state = self.state.get(param, {})
+            blocker = kernel_blocker(param, state)
+            if blocker is not None:
+                if group["fused"] and param.is_cpu:
+                    raise RuntimeError(f"fused=True cannot update a parameter: {blocker}")
+                others.append(param)
+                continue
+            step = state.get("step")
+            key = (param.dtype, scalar_dtype() if step is None else step.dtype)
+            batches.setdefault(key, KernelBatch(*key)).params.append(param)
+        return group, list(batches.values()), others
+
+    def _run_kernel(
+        self, group: dict[str, Any], batch: KernelBatch, inv_scale: Tensor | None
+    ) -> None:
+        """Update a batch of parameters in one fused kernel call."""
+        columns, extra = self._kernel_columns(group, batch.params)
+        addresses = np.array([[t.data_ptr() for t in column] for column in columns], np.int64)
+        sizes = np.array([p.numel() for p in batch.params], np.int64)
+        if batch.dtype.is_complex:
+            sizes *= 2
+        grad_factor = 1.0 if inv_scale is None else inv_scale.item()
+        if group["maximize"]:
+            grad_factor = -grad_factor
+        with KERNEL_LOCK:
+            numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+            self._launch_kernel(
+                group,
+                addresses,
+                sizes,
+                KERNEL_MARKERS[batch.dtype],
+                STEP_MARKERS[batch.step_dtype],
+                grad_factor,
+                *extra,
+            )
+
+    def _kernel_columns(
+        self, group: dict[str, Any], params: list[Tensor]
+    ) -> tuple[list[list[Tensor]], tuple[Any, ...]]:
+        """The kernel's tensor rows (param, grad, step, then ``kernel_state_keys``) and any
+        extra kernel arguments."""
+        states = [self._state_of(p, group) for p in params]
+        columns = [params, [p.grad for p in params], [state["step"] for state in states]]
+        columns += [[state[key] for state in states] for key in self._kernel_state_keys(group)]
+        return columns, ()
+
+    def _step_without_kernel(
+        self, group: dict[str, Any], params: list[Tensor], inv_scale: Tensor | None
+    ) -> None:
+        """The reference update on the CPU; torch's own implementation on other devices."""
+        grads = [p.grad if inv_scale is None else p.grad * inv_scale.to(p.device) for p in params]
+        on_cpu = [i for i, p in enumerate(params) if p.device.type == "cpu"]
+        for i in on_cpu:
+            self._reference_step(params[i], grads[i], group)
+        elsewhere = [i for i, p in enumerate(params) if p.device.type != "cpu"]
+        if elsewhere:
+            self._torch_step(group, [params[i] for i in elsewhere], [grads[i] for i in elsewhere])
 
     def _state_of(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         """The state of ``param``, created on first use."""
@@ -125,6 +263,27 @@ class BaseOptimizer(torch.optim.Optimizer):
         """Fill the empty ``state`` of ``param`` with the optimizer's initial buffers."""
         raise NotImplementedError
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        """Apply one update to ``params`` (all with a gradient) using the group's options."""
+    def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
+        """The state tensors the fused kernel reads and writes, in its row order."""
+        raise NotImplementedError
+
+    def _launch_kernel(
+        self,
+        group: dict[str, Any],
+        addresses: np.ndarray,
+        sizes: np.ndarray,
+        marker: np.dtype,
+        step_marker: np.dtype,
+        grad_factor: float,
+        *extra: Any,
+    ) -> None:
+        """Call the optimizer's fused kernel with the group's hyperparameters."""
+        raise NotImplementedError
+
+    def _reference_step(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        """Update one parameter with the reference (torch.optim for-loop order) math."""
+        raise NotImplementedError
+
+    def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        """Update parameters on a device without fastoptim kernels with torch's implementation."""
         raise NotImplementedError

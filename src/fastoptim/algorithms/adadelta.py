@@ -2,10 +2,12 @@
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from fastoptim.kernels.adadelta import adadelta_kernel
 from fastoptim.optimizer import (
     BaseOptimizer,
     as_scalar,
@@ -69,9 +71,52 @@ class Adadelta(BaseOptimizer):
         state["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         state["acc_delta"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        for param in params:
-            adadelta_update(param, param.grad, self._state_of(param, group), group)
+    def _reference_step(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        adadelta_update(param, grad, self._state_of(param, group), group)
+
+    def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
+        return ["square_avg", "acc_delta"]
+
+    def _launch_kernel(
+        self,
+        group: dict[str, Any],
+        addresses: np.ndarray,
+        sizes: np.ndarray,
+        marker: np.dtype,
+        step_marker: np.dtype,
+        grad_factor: float,
+        *extra: Any,
+    ) -> None:
+        adadelta_kernel(
+            addresses,
+            sizes,
+            marker,
+            step_marker,
+            float(group["lr"]),
+            float(group["rho"]),
+            float(group["eps"]),
+            float(group["weight_decay"]),
+            grad_factor,
+        )
+
+    def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        states = [self._state_of(p, group) for p in params]
+        torch.optim.adadelta.adadelta(
+            params,
+            grads,
+            [s["square_avg"] for s in states],
+            [s["acc_delta"] for s in states],
+            [s["step"] for s in states],
+            capturable=group["capturable"],
+            foreach=group["foreach"],
+            differentiable=group["differentiable"],
+            has_complex=any(torch.is_complex(p) for p in params),
+            lr=group["lr"],
+            rho=group["rho"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+        )
 
 
 def adadelta_update(

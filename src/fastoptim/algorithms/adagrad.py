@@ -2,10 +2,12 @@
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from fastoptim.kernels.adagrad import adagrad_kernel
 from fastoptim.optimizer import (
     BaseOptimizer,
     as_scalar,
@@ -78,9 +80,52 @@ class Adagrad(BaseOptimizer):
             for param in group["params"]:
                 self.state[param]["sum"].share_memory_()
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        for param in params:
-            adagrad_update(param, param.grad, self._state_of(param, group), group)
+    def _reference_step(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        adagrad_update(param, grad, self._state_of(param, group), group)
+
+    def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
+        return ["sum"]
+
+    def _launch_kernel(
+        self,
+        group: dict[str, Any],
+        addresses: np.ndarray,
+        sizes: np.ndarray,
+        marker: np.dtype,
+        step_marker: np.dtype,
+        grad_factor: float,
+        *extra: Any,
+    ) -> None:
+        adagrad_kernel(
+            addresses,
+            sizes,
+            marker,
+            step_marker,
+            float(group["lr"]),
+            float(group["lr_decay"]),
+            float(group["weight_decay"]),
+            float(group["eps"]),
+            grad_factor,
+        )
+
+    def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        states = [self._state_of(p, group) for p in params]
+        torch.optim.adagrad.adagrad(
+            params,
+            grads,
+            [s["sum"] for s in states],
+            [s["step"] for s in states],
+            fused=group["fused"],
+            has_sparse_grad=any(g.is_sparse for g in grads),
+            foreach=group["foreach"],
+            differentiable=group["differentiable"],
+            has_complex=any(torch.is_complex(p) for p in params),
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            lr_decay=group["lr_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+        )
 
 
 def adagrad_update(

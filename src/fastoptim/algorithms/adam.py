@@ -2,10 +2,12 @@
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from fastoptim.kernels.adam import adam_kernel
 from fastoptim.optimizer import (
     BaseOptimizer,
     as_scalar,
@@ -92,9 +94,61 @@ class Adam(BaseOptimizer):
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        for param in params:
-            adam_update(param, param.grad, self._state_of(param, group), group)
+    def _reference_step(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        adam_update(param, grad, self._state_of(param, group), group)
+
+    def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
+        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+
+    def _launch_kernel(
+        self,
+        group: dict[str, Any],
+        addresses: np.ndarray,
+        sizes: np.ndarray,
+        marker: np.dtype,
+        step_marker: np.dtype,
+        grad_factor: float,
+        *extra: Any,
+    ) -> None:
+        beta1, beta2 = (float(beta) for beta in group["betas"])
+        adam_kernel(
+            addresses,
+            sizes,
+            marker,
+            step_marker,
+            float(group["lr"]),
+            beta1,
+            beta2,
+            float(group["eps"]),
+            float(group["weight_decay"]),
+            group["decoupled_weight_decay"],
+            group["amsgrad"],
+            grad_factor,
+        )
+
+    def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        states = [self._state_of(p, group) for p in params]
+        torch.optim.adam.adam(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
+            [s["step"] for s in states],
+            foreach=group["foreach"],
+            capturable=group["capturable"],
+            differentiable=group["differentiable"],
+            fused=group["fused"],
+            has_complex=any(torch.is_complex(p) for p in params),
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            amsgrad=group["amsgrad"],
+            beta1=group["betas"][0],
+            beta2=group["betas"][1],
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+        )
 
 
 def adam_update(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:

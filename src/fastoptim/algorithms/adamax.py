@@ -2,10 +2,12 @@
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from fastoptim.kernels.adamax import adamax_kernel
 from fastoptim.optimizer import (
     BaseOptimizer,
     as_scalar,
@@ -69,9 +71,55 @@ class Adamax(BaseOptimizer):
         state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         state["exp_inf"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        for param in params:
-            adamax_update(param, param.grad, self._state_of(param, group), group)
+    def _reference_step(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        adamax_update(param, grad, self._state_of(param, group), group)
+
+    def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
+        return ["exp_avg", "exp_inf"]
+
+    def _launch_kernel(
+        self,
+        group: dict[str, Any],
+        addresses: np.ndarray,
+        sizes: np.ndarray,
+        marker: np.dtype,
+        step_marker: np.dtype,
+        grad_factor: float,
+        *extra: Any,
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        adamax_kernel(
+            addresses,
+            sizes,
+            marker,
+            step_marker,
+            float(group["lr"]),
+            float(beta1),
+            float(beta2),
+            float(group["eps"]),
+            float(group["weight_decay"]),
+            grad_factor,
+        )
+
+    def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        states = [self._state_of(p, group) for p in params]
+        torch.optim.adamax.adamax(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_inf"] for s in states],
+            [s["step"] for s in states],
+            foreach=group["foreach"],
+            maximize=group["maximize"],
+            differentiable=group["differentiable"],
+            capturable=group["capturable"],
+            has_complex=any(torch.is_complex(p) for p in params),
+            eps=group["eps"],
+            beta1=group["betas"][0],
+            beta2=group["betas"][1],
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+        )
 
 
 def adamax_update(

@@ -2,10 +2,12 @@
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from fastoptim.kernels.rmsprop import rmsprop_kernel
 from fastoptim.optimizer import (
     BaseOptimizer,
     as_scalar,
@@ -77,9 +79,62 @@ class RMSprop(BaseOptimizer):
         if group["centered"]:
             state["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        for param in params:
-            rmsprop_update(param, param.grad, self._state_of(param, group), group)
+    def _reference_step(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        rmsprop_update(param, grad, self._state_of(param, group), group)
+
+    def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
+        keys = ["square_avg"]
+        if group["momentum"] > 0:
+            keys.append("momentum_buffer")
+        if group["centered"]:
+            keys.append("grad_avg")
+        return keys
+
+    def _launch_kernel(
+        self,
+        group: dict[str, Any],
+        addresses: np.ndarray,
+        sizes: np.ndarray,
+        marker: np.dtype,
+        step_marker: np.dtype,
+        grad_factor: float,
+        *extra: Any,
+    ) -> None:
+        rmsprop_kernel(
+            addresses,
+            sizes,
+            marker,
+            step_marker,
+            float(group["lr"]),
+            float(group["alpha"]),
+            float(group["eps"]),
+            float(group["weight_decay"]),
+            float(group["momentum"]),
+            group["centered"],
+            grad_factor,
+        )
+
+    def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        states = [self._state_of(p, group) for p in params]
+        torch.optim.rmsprop.rmsprop(
+            params,
+            grads,
+            [s["square_avg"] for s in states],
+            [s["grad_avg"] for s in states] if group["centered"] else [],
+            [s["momentum_buffer"] for s in states] if group["momentum"] > 0 else [],
+            [s["step"] for s in states],
+            foreach=group["foreach"],
+            maximize=group["maximize"],
+            differentiable=group["differentiable"],
+            capturable=group["capturable"],
+            has_complex=any(torch.is_complex(p) for p in params),
+            lr=group["lr"],
+            alpha=group["alpha"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            centered=group["centered"],
+        )
 
 
 def rmsprop_update(

@@ -2,10 +2,12 @@
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from fastoptim.kernels.sgd import sgd_kernel
 from fastoptim.optimizer import BaseOptimizer, as_scalar, check_non_negative, check_tensor_lr
 
 
@@ -56,9 +58,71 @@ class SGD(BaseOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _reference_step(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        sgd_update(param, grad, self.state, group)
+
+    def _kernel_columns(
+        self, group: dict[str, Any], params: list[Tensor]
+    ) -> tuple[list[list[Tensor]], tuple[Any, ...]]:
+        """Rows param, grad and (with momentum) the buffers; new buffers are marked fresh."""
+        columns = [params, [p.grad for p in params]]
+        if group["momentum"] == 0:
+            return columns, (np.zeros(len(params), np.bool_),)
+        buffers, fresh = [], []
         for param in params:
-            sgd_update(param, param.grad, self.state, group)
+            state = self.state[param]
+            fresh.append("momentum_buffer" not in state)
+            if fresh[-1]:
+                state["momentum_buffer"] = torch.empty_like(
+                    param, memory_format=torch.preserve_format
+                )
+            buffers.append(state["momentum_buffer"])
+        return [*columns, buffers], (np.array(fresh, np.bool_),)
+
+    def _launch_kernel(
+        self,
+        group: dict[str, Any],
+        addresses: np.ndarray,
+        sizes: np.ndarray,
+        marker: np.dtype,
+        step_marker: np.dtype,
+        grad_factor: float,
+        *extra: Any,
+    ) -> None:
+        (fresh,) = extra
+        sgd_kernel(
+            addresses,
+            sizes,
+            marker,
+            float(group["lr"]),
+            float(group["momentum"]),
+            float(group["dampening"]),
+            float(group["weight_decay"]),
+            group["nesterov"],
+            grad_factor,
+            fresh,
+        )
+
+    def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        with_momentum = group["momentum"] != 0
+        buffers = [self.state[p].get("momentum_buffer") if with_momentum else None for p in params]
+        torch.optim.sgd.sgd(
+            params,
+            grads,
+            buffers,
+            has_sparse_grad=any(g.is_sparse for g in grads),
+            foreach=group["foreach"],
+            fused=group["fused"],
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            lr=group["lr"],
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+        )
+        if with_momentum:
+            for param, buffer in zip(params, buffers, strict=True):
+                self.state[param]["momentum_buffer"] = buffer
 
 
 def sgd_update(

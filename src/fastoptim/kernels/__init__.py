@@ -1,0 +1,1 @@
+"""Fused CPU kernels written with Numba: one module per optimizer plus shared helpers."""

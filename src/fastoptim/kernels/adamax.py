@@ -1,0 +1,47 @@
+"""Fused Adamax kernel: one pass over param, grad, exp_avg and exp_inf for every tensor."""
+
+import numpy as np
+from numba import njit, prange
+
+from fastoptim.kernels.memory import chunks_of, compute, encode, lerp, load, maximum, view
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def adamax_kernel(  # type: ignore[no-untyped-def]
+    addresses, sizes, marker, step_marker, lr, beta1, beta2, eps, weight_decay, grad_factor
+):
+    """Adamax over the tensors whose addresses are the columns of ``addresses``.
+
+    Rows: param, grad, step, exp_avg, exp_inf. ``grad_factor``: -1 for maximize, times
+    1/grad_scale.
+    """
+    count = sizes.shape[0]
+    neg_clrs = np.empty(count)
+    for tensor in range(count):
+        step = view(addresses[2, tensor], 1, step_marker)
+        step[0] += 1
+        neg_clrs[tensor] = -(lr / (1.0 - beta1 ** np.float64(step[0])))
+
+    factor = compute(grad_factor, marker)
+    l2 = weight_decay != 0.0
+    decay = compute(weight_decay, marker)
+    weight1, keep1 = compute(1.0 - beta1, marker), compute(beta1, marker)
+    keep2 = compute(beta2, marker)
+    epsilon = compute(eps, marker)
+    rows = chunks_of(sizes)
+    for row in prange(rows.shape[0]):
+        tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
+        param = view(addresses[0, tensor], stop, marker)[start:stop]
+        grad = view(addresses[1, tensor], stop, marker)[start:stop]
+        exp_avg = view(addresses[3, tensor], stop, marker)[start:stop]
+        exp_inf = view(addresses[4, tensor], stop, marker)[start:stop]
+        neg_clr = compute(neg_clrs[tensor], marker)
+        for i in range(stop - start):
+            g = load(grad, i) * factor
+            p = load(param, i)
+            g = g + decay * p if l2 else g
+            m = lerp(load(exp_avg, i), g, weight1, keep1)
+            u = maximum(load(exp_inf, i) * keep2, np.abs(g) + epsilon)
+            exp_avg[i] = encode(m, exp_avg)
+            exp_inf[i] = encode(u, exp_inf)
+            param[i] = encode(p + neg_clr * m / u, param)
