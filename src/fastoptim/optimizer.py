@@ -117,6 +117,9 @@ class BaseOptimizer(torch.optim.Optimizer):
     #: Message of the RuntimeError raised for a sparse gradient; None where they are supported.
     sparse_grad_error: ClassVar[str | None] = None
 
+    #: GradScaler hands over ``grad_scale`` and ``found_inf`` instead of unscaling (see step).
+    _step_supports_amp_scaling = True
+
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
         if defaults.get("fused"):

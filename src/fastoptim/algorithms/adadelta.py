@@ -5,6 +5,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.optim.adadelta import adadelta as torch_adadelta
 from torch.optim.optimizer import ParamsT
 
 from fastoptim.kernels.adadelta import adadelta_kernel
@@ -101,7 +102,7 @@ class Adadelta(BaseOptimizer):
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
-        torch.optim.adadelta.adadelta(
+        torch_adadelta(
             params,
             grads,
             [s["square_avg"] for s in states],

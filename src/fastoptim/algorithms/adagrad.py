@@ -5,6 +5,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.optim.adagrad import adagrad as torch_adagrad
 from torch.optim.optimizer import ParamsT
 
 from fastoptim.kernels.adagrad import adagrad_kernel
@@ -110,7 +111,7 @@ class Adagrad(BaseOptimizer):
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
-        torch.optim.adagrad.adagrad(
+        torch_adagrad(
             params,
             grads,
             [s["sum"] for s in states],

@@ -5,6 +5,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.optim.adam import adam as torch_adam
 from torch.optim.optimizer import ParamsT
 
 from fastoptim.kernels.adam import adam_kernel
@@ -128,7 +129,7 @@ class Adam(BaseOptimizer):
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
-        torch.optim.adam.adam(
+        torch_adam(
             params,
             grads,
             [s["exp_avg"] for s in states],

@@ -5,6 +5,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.optim.adamax import adamax as torch_adamax
 from torch.optim.optimizer import ParamsT
 
 from fastoptim.kernels.adamax import adamax_kernel
@@ -103,7 +104,7 @@ class Adamax(BaseOptimizer):
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
-        torch.optim.adamax.adamax(
+        torch_adamax(
             params,
             grads,
             [s["exp_avg"] for s in states],

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
+from torch.optim.rmsprop import rmsprop as torch_rmsprop
 
 from fastoptim.kernels.rmsprop import rmsprop_kernel
 from fastoptim.optimizer import (
@@ -116,7 +117,7 @@ class RMSprop(BaseOptimizer):
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
-        torch.optim.rmsprop.rmsprop(
+        torch_rmsprop(
             params,
             grads,
             [s["square_avg"] for s in states],

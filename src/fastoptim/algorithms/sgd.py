@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
+from torch.optim.sgd import sgd as torch_sgd
 
 from fastoptim.kernels.sgd import sgd_kernel
 from fastoptim.optimizer import BaseOptimizer, as_scalar, check_non_negative, check_tensor_lr
@@ -106,7 +107,7 @@ class SGD(BaseOptimizer):
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         with_momentum = group["momentum"] != 0
         buffers = [self.state[p].get("momentum_buffer") if with_momentum else None for p in params]
-        torch.optim.sgd.sgd(
+        torch_sgd(
             params,
             grads,
             buffers,

@@ -1,0 +1,340 @@
+"""The fused kernels against the bit-exact reference path.
+
+Tolerance: after 100 steps, every parameter and state tensor of the kernel path is within
+``RTOL * max|reference|`` of the reference (1e-5 in float32, 1e-12 in float64). The bound is
+scaled by the tensor's largest element because an element that passes near zero has no
+meaningful elementwise relative error; the kernels evaluate the same formulas in the same
+precision, differing only in rounding (torch's vectorized ops use fused multiply-adds).
+"""
+
+import multiprocessing
+import threading
+from typing import Any
+
+import pytest
+import torch
+from _parity import leaf_copies
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_parity import OPTION_GRIDS
+
+import fastoptim
+
+RTOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.complex64: 1e-5, torch.complex128: 1e-12}
+NAMES = list(OPTION_GRIDS)
+
+
+def kernel_params(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
+    """0-d, 1-d, a 2-d tensor larger than one kernel chunk, and a transposed (dense) one."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes: list[Any] = [(), (5,), (300, 250)]
+    params = [torch.randn(shape, generator=generator, dtype=dtype) for shape in shapes]
+    params.append(torch.randn(7, 30, generator=generator, dtype=dtype).t())
+    return params
+
+
+def gradient_like(param: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random gradient with the parameter's strides, as autograd makes it."""
+    values = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+    return torch.empty_like(param).copy_(values)
+
+
+def run_fused_and_reference(
+    name: str, options: dict, params: list[torch.Tensor], steps: int, seed: int = 1
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Step a fused=True and a fused=False optimizer on identical gradients; a rotating
+    parameter has no gradient on each step (so one gets its first gradient late)."""
+    fused_params, reference_params = leaf_copies(params), leaf_copies(params)
+    cls = getattr(fastoptim, name)
+    fused, reference = cls(fused_params, **options, fused=True), cls(reference_params, **options)
+    for group in reference.param_groups:
+        group["fused"] = False
+    generator = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        for index, (a, b) in enumerate(zip(fused_params, reference_params, strict=True)):
+            if (step + index) % 5 == 4:
+                a.grad = b.grad = None
+                continue
+            grad = gradient_like(a, generator)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        fused.step()
+        reference.step()
+    return fused, reference
+
+
+def assert_close_to_reference(
+    fused: torch.optim.Optimizer, reference: torch.optim.Optimizer
+) -> None:
+    for param_a, param_b in zip(
+        fused.param_groups[0]["params"], reference.param_groups[0]["params"], strict=True
+    ):
+        pairs = [(param_a.detach(), param_b.detach())]
+        state_a, state_b = fused.state.get(param_a, {}), reference.state.get(param_b, {})
+        assert state_a.keys() == state_b.keys()
+        pairs += [(state_a[key], state_b[key]) for key in state_b]
+        for a, b in pairs:
+            assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
+            bound = RTOL[b.dtype] * max(b.abs().max().item(), 1e-30)
+            assert (a - b).abs().max().item() <= bound
+
+
+CASES = [
+    pytest.param(name, options, id=f"{name}-{i}")
+    for name, grid in OPTION_GRIDS.items()
+    for i, options in enumerate(grid)
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_kernel_matches_reference_over_every_option(name: str, options: dict, dtype) -> None:
+    fused, reference = run_fused_and_reference(name, options, kernel_params(dtype), steps=100)
+    assert_close_to_reference(fused, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("name", NAMES)
+def test_kernel_updates_complex_parameters_like_the_reference(name: str, dtype) -> None:
+    options = {"lr": 0.01, "momentum": 0.9} if name in ("SGD", "RMSprop") else {}
+    fused, reference = run_fused_and_reference(name, options, kernel_params(dtype), steps=30)
+    assert_close_to_reference(fused, reference)
+
+
+def test_tensor_lr_reaches_the_kernel() -> None:
+    options = {"lr": torch.tensor(0.05)}
+    fused, reference = run_fused_and_reference("Adam", options, kernel_params(torch.float32), 20)
+    assert_close_to_reference(fused, reference)
+
+
+BF16_OPTIONS: dict[str, dict] = {
+    "SGD": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.1},
+    "Adam": {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1},
+    "AdamW": {"lr": 0.01},
+    "Adagrad": {"lr": 0.1, "lr_decay": 0.1},
+    "Adadelta": {"weight_decay": 0.1},
+    "Adamax": {"lr": 0.01},
+    "RMSprop": {"lr": 0.01, "momentum": 0.9, "centered": True},
+}
+
+
+def assert_within_one_bfloat16_unit(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Elementwise within one bfloat16 unit in the last place (2^-7 relative), plus 1e-6 of the
+    tensor's scale for values that cancel to nearly zero (where torch's fused multiply-adds and
+    the kernel's separate roundings legitimately differ)."""
+    expected = expected.float()
+    bound = 2.0**-7 * expected.abs() + 1e-6 * expected.abs().max()
+    assert ((actual.float() - expected).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bfloat16_step_is_the_float32_step_rounded(name: str) -> None:
+    """bfloat16 params and state: math in float32, each result rounded to nearest once.
+
+    Two steps from bfloat16 values; after each, the kernel's parameters and state are within
+    one bfloat16 unit of the float32 reference's (which then continues from the kernel's).
+    """
+    params = [p.to(torch.bfloat16) for p in kernel_params(torch.float32)]
+    bf16 = leaf_copies(params)
+    f32 = [p.detach().float().requires_grad_() for p in bf16]
+    cls = getattr(fastoptim, name)
+    fused = cls(bf16, **BF16_OPTIONS[name], fused=True)
+    reference = cls(f32, **BF16_OPTIONS[name], fused=False)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(2):
+        for a, b in zip(bf16, f32, strict=True):
+            a.grad = gradient_like(a, generator)
+            b.grad = a.grad.float()
+        fused.step()
+        reference.step()
+        for a, b in zip(bf16, f32, strict=True):
+            with torch.no_grad():
+                assert_within_one_bfloat16_unit(a, b)
+                b.copy_(a.float())
+            for key, value in reference.state[b].items():
+                if key != "step":
+                    assert fused.state[a][key].dtype == torch.bfloat16
+                    assert_within_one_bfloat16_unit(fused.state[a][key], value)
+                    value.copy_(fused.state[a][key].float())
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    name=st.sampled_from(NAMES),
+    choice=st.integers(min_value=0, max_value=10_000),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    shapes=st.lists(
+        st.lists(st.integers(min_value=1, max_value=40), min_size=0, max_size=3),
+        min_size=1,
+        max_size=4,
+    ),
+    steps=st.integers(min_value=1, max_value=25),
+)
+def test_property_kernel_matches_reference(name, choice, dtype, shapes, steps) -> None:
+    options = OPTION_GRIDS[name][choice % len(OPTION_GRIDS[name])]
+    generator = torch.Generator().manual_seed(choice)
+    params = [torch.randn(shape, generator=generator, dtype=dtype) for shape in shapes]
+    fused, reference = run_fused_and_reference(name, options, params, steps)
+    assert_close_to_reference(fused, reference)
+
+
+def scaled_training(
+    optimizer_cls: type, options: dict, inject_inf_at: int | None = None
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[float]]:
+    """Train a small model for 6 steps under torch.amp.GradScaler on the CPU."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    optimizer = optimizer_cls(model.parameters(), **options)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    x, y = torch.randn(32, 8), torch.randn(32, 1)
+    scales = []
+    for step in range(6):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss).backward()
+        if step == inject_inf_at:
+            model[0].weight.grad[0, 0] = float("inf")
+        scaler.step(optimizer)
+        scaler.update()
+        scales.append(scaler.get_scale())
+    return model, optimizer, scales
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_scaler_unscales_inside_the_step_like_torch(name: str) -> None:
+    options = BF16_OPTIONS[name]
+    theirs, _, their_scales = scaled_training(getattr(torch.optim, name), options)
+    for fused, rtol in ((False, 0.0), (None, 1e-5)):
+        ours, optimizer, our_scales = scaled_training(
+            getattr(fastoptim, name), {**options, "fused": fused}
+        )
+        assert optimizer._step_supports_amp_scaling
+        assert our_scales == their_scales
+        for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+            assert (a - b).abs().max().item() <= rtol * b.abs().max().item()
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("name", NAMES)
+def test_step_with_found_inf_changes_nothing(name: str, fused: bool | None) -> None:
+    """An inf on the first step: no parameter, no state (not even SGD's momentum buffer)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = getattr(fastoptim, name)(model.parameters(), **BF16_OPTIONS[name], fused=fused)
+    state_before = {id(p): {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(model(torch.randn(3, 4)).sum()).backward()
+    model.weight.grad[0, 0] = float("nan")
+    scaler.step(optimizer)
+    for param, expected in zip(model.parameters(), before, strict=True):
+        assert torch.equal(param, expected)
+    state_after = {id(p): s for p, s in optimizer.state.items()}
+    assert state_after.keys() == state_before.keys()
+    for key, values in state_before.items():
+        for name_, value in values.items():
+            assert torch.equal(state_after[key][name_], value)
+
+
+def test_fused_true_explains_why_it_cannot_run_and_changes_nothing() -> None:
+    half = torch.ones(3, dtype=torch.float16, requires_grad=True)
+    dense = torch.ones(3, requires_grad=True)
+    optimizer = fastoptim.Adam([{"params": [dense]}, {"params": [half]}], fused=True)
+    dense.grad, half.grad = torch.ones(3), torch.ones(3, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match=r"^fused=True cannot update a parameter: its dtype is "):
+        optimizer.step()
+    assert torch.equal(dense, torch.ones(3)) and len(optimizer.state) == 0
+
+    table = torch.ones(4, 2, requires_grad=True)
+    sgd = fastoptim.SGD([table], lr=0.1, fused=True)
+    table.grad = torch.sparse_coo_tensor([[1]], torch.ones(1, 2), (4, 2), check_invariants=True)
+    with pytest.raises(RuntimeError, match="its gradient is sparse"):
+        sgd.step()
+
+
+def test_default_falls_back_to_the_reference_where_no_kernel_applies() -> None:
+    half = torch.ones(3, dtype=torch.float16, requires_grad=True)
+    twin = half.detach().clone().requires_grad_()
+    ours, theirs = fastoptim.Adam([half], lr=0.1), torch.optim.Adam([twin], lr=0.1)
+    for _ in range(3):
+        half.grad, twin.grad = (
+            torch.ones(3, dtype=torch.float16),
+            torch.ones(3, dtype=torch.float16),
+        )
+        ours.step()
+        theirs.step()
+    assert torch.equal(half, twin)
+
+
+RICH_OPTIONS = BF16_OPTIONS
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_implementation_used_off_cpu_matches_the_reference(name: str) -> None:
+    """The path for devices without kernels, run here on CPU tensors, equals the reference."""
+    params = kernel_params(torch.float64)
+    ours_params, torch_path_params = leaf_copies(params), leaf_copies(params)
+    cls = getattr(fastoptim, name)
+    reference = cls(ours_params, **RICH_OPTIONS[name], fused=False)
+    delegated = cls(torch_path_params, **RICH_OPTIONS[name], fused=False)
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(5):
+        grads = [gradient_like(p, generator) for p in params]
+        for a, b, grad in zip(ours_params, torch_path_params, grads, strict=True):
+            a.grad, b.grad = grad.clone(), grad.clone()
+        reference.step()
+        group = delegated.param_groups[0]
+        with torch.no_grad():  # as inside step()
+            delegated._torch_step(group, torch_path_params, [p.grad for p in torch_path_params])
+    for a, b in zip(ours_params, torch_path_params, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_parameters_off_cpu_go_to_torchs_implementation(monkeypatch) -> None:
+    param = torch.empty(3, device="meta", requires_grad=True)
+    param.grad = torch.empty(3, device="meta")
+    optimizer = fastoptim.Adam([param])
+    calls = []
+    monkeypatch.setattr(optimizer, "_torch_step", lambda group, params, grads: calls.append(params))
+    optimizer.step()
+    assert calls == [[param]]
+
+
+def train_steps(name: str, seed: int, steps: int = 20) -> list[torch.Tensor]:
+    params = leaf_copies(kernel_params(torch.float32, seed))
+    optimizer = getattr(fastoptim, name)(params, **RICH_OPTIONS[name])
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for param in params:
+            param.grad = gradient_like(param, generator)
+        optimizer.step()
+    return [p.detach() for p in params]
+
+
+def test_two_python_threads_step_two_optimizers_at_once() -> None:
+    expected = {seed: train_steps("Adam", seed) for seed in (1, 2)}
+    results: dict[int, list[torch.Tensor]] = {}
+    threads = [
+        threading.Thread(target=lambda s=seed: results.__setitem__(s, train_steps("Adam", s)))
+        for seed in (1, 2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for seed in (1, 2):
+        assert all(torch.equal(a, b) for a, b in zip(results[seed], expected[seed], strict=True))
+
+
+def train_in_child(name: str) -> list[torch.Tensor]:
+    return train_steps(name, seed=3)
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD"])
+def test_kernels_work_in_a_forked_process(name: str) -> None:
+    """A forked child (set up as torch's DataLoader sets up its workers: one torch thread,
+    since torch's own OpenMP pool does not survive a fork) steps with the kernels."""
+    expected = train_steps(name, seed=3)  # the parent has used the kernels before forking
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        result = pool.apply(train_in_child, (name,))
+    assert all(torch.equal(a, b) for a, b in zip(result, expected, strict=True))
