@@ -1,0 +1,226 @@
+"""``fastoptim bench``: step time of fastoptim against torch.optim's best mode, in one run.
+
+For every optimizer and parameter mix, fastoptim's default step and each of torch.optim's
+modes (for-loop, foreach, and fused where torch has it) get their own copy of the parameters
+and are stepped in turn, repetition after repetition, so that machine noise hits all alike.
+Results are ratios of medians to torch's fastest mode, and each optimizer's fraction of the
+memory-bandwidth limit, measured in the same run by a read-modify-write probe (a += s * b).
+"""
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+import fastoptim
+
+# Options benchmarked per optimizer, and the bytes each moves per parameter element in
+# units of the element size: reads + writes of param, grad and state.
+SETTINGS: dict[str, tuple[dict[str, Any], int]] = {
+    "SGD": ({"lr": 0.01, "momentum": 0.9}, 5),
+    "Adam": ({"lr": 1e-3}, 7),
+    "AdamW": ({"lr": 1e-3}, 7),
+    "Adagrad": ({"lr": 0.01}, 5),
+    "Adadelta": ({"lr": 1.0}, 7),
+    "Adamax": ({"lr": 2e-3}, 7),
+    "RMSprop": ({"lr": 0.01}, 5),
+}
+TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}
+
+
+def transformer_mix(scale: float = 1.0) -> list[tuple[int, ...]]:
+    """~8M parameters in 75 tensors: an embedding and six transformer blocks of width 320."""
+    width = max(8, int(320 * scale))
+    shapes: list[tuple[int, ...]] = [(max(8, int(2000 * scale)), width)]
+    for _ in range(6):
+        shapes += [(3 * width, width), (3 * width,), (width, width), (width,)]
+        shapes += [(4 * width, width), (4 * width,), (width, 4 * width), (width,)]
+        shapes += [(width,), (width,), (width,), (width,)]
+    return [*shapes, (width,), (width,)]
+
+
+def many_small_mix(scale: float = 1.0) -> list[tuple[int, ...]]:
+    """400 tensors of 64 to 16k elements, log-uniformly spread (seeded)."""
+    generator = np.random.default_rng(0)
+    sizes = np.exp(generator.uniform(math.log(64), math.log(16384), 400)) * scale
+    return [(max(1, int(size)),) for size in sizes]
+
+
+MIXES = {"transformer": transformer_mix, "many-small": many_small_mix}
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _read_modify_write(a, b, s):  # type: ignore[no-untyped-def]
+    for i in prange(a.size):
+        a[i] += s * b[i]
+
+
+def bandwidth(elements: int, repeats: int) -> float:
+    """Bytes per second of ``a += s * b`` over float32 arrays (12 bytes per element)."""
+    a, b = np.ones(elements, np.float32), np.ones(elements, np.float32)
+    _read_modify_write(a, b, np.float32(1e-6))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _read_modify_write(a, b, np.float32(1e-6))
+        times.append(time.perf_counter() - start)
+    return 12 * elements / statistics.median(times)
+
+
+def candidates(name: str) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """The contenders: fastoptim's default, and torch.optim's for-loop, foreach and fused."""
+    modes: dict[str, tuple[Any, dict[str, Any]]] = {
+        "fastoptim": (getattr(fastoptim, name), {}),
+        "torch for-loop": (getattr(torch.optim, name), {"foreach": False}),
+        "torch foreach": (getattr(torch.optim, name), {"foreach": True}),
+    }
+    if name in TORCH_FUSED:
+        modes["torch fused"] = (getattr(torch.optim, name), {"fused": True})
+    return modes
+
+
+@dataclass
+class Result:
+    mix: str
+    optimizer: str
+    parameters: int
+    tensors: int
+    torch_best_mode: str
+    ratio_to_torch_best: float
+    fastoptim_bandwidth_fraction: float
+    median_ms: dict[str, float]
+
+
+def bench_optimizer(
+    name: str, mix: str, shapes: list[tuple[int, ...]], repeats: int, bytes_per_second: float
+) -> Result:
+    """Interleaved median step times of every candidate on ``shapes``."""
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(shape, generator=generator) for shape in shapes]
+    grads = [torch.randn(shape, generator=generator) * 1e-3 for shape in shapes]
+    options, element_bytes = SETTINGS[name]
+    optimizers = {}
+    for label, (cls, mode) in candidates(name).items():
+        params = [p.clone().requires_grad_() for p in start]
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad.clone()
+        optimizers[label] = cls(params, **options, **mode)
+        optimizers[label].step()  # warm-up: compilation, state creation
+    times: dict[str, list[float]] = {label: [] for label in optimizers}
+    for _ in range(repeats):
+        for label, optimizer in optimizers.items():
+            begin = time.perf_counter()
+            optimizer.step()
+            times[label].append(time.perf_counter() - begin)
+    medians = {label: statistics.median(values) for label, values in times.items()}
+    best = min((label for label in medians if label != "fastoptim"), key=medians.__getitem__)
+    ratios = [ours / theirs for ours, theirs in zip(times["fastoptim"], times[best], strict=True)]
+    elements = sum(p.numel() for p in start)
+    limit = element_bytes * 4 * elements / bytes_per_second
+    return Result(
+        mix=mix,
+        optimizer=name,
+        parameters=elements,
+        tensors=len(start),
+        torch_best_mode=best,
+        ratio_to_torch_best=statistics.median(ratios),
+        fastoptim_bandwidth_fraction=limit / medians["fastoptim"],
+        median_ms={label: 1e3 * value for label, value in medians.items()},
+    )
+
+
+FIRST_STEP = """
+import time, torch, fastoptim
+params = [torch.randn(256, 256, requires_grad=True) for _ in range(8)]
+for p in params:
+    p.grad = torch.randn(256, 256)
+optimizer = fastoptim.Adam(params)
+start = time.perf_counter()
+optimizer.step()
+print(time.perf_counter() - start)
+"""
+
+
+def first_step_seconds() -> tuple[float, float]:
+    """Time of Adam's first step in a new process: with an empty and with a warm kernel cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        environment = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        runs = [
+            subprocess.run(
+                [sys.executable, "-c", FIRST_STEP],
+                env=environment,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+    cold, warm = (float(run.stdout.strip().splitlines()[-1]) for run in runs)
+    return cold, warm
+
+
+def table(results: list[Result]) -> str:
+    """The results as a Markdown table of ratios and bandwidth fractions."""
+    lines = [
+        "| mix | optimizer | torch's best mode | fastoptim / torch best "
+        "| fraction of bandwidth limit |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.mix} | {r.optimizer} | {r.torch_best_mode} | {r.ratio_to_torch_best:.2f}x "
+            f"| {r.fastoptim_bandwidth_fraction:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def run(
+    optimizers: list[str],
+    mixes: list[str],
+    repeats: int,
+    scale: float,
+    out: Path | None,
+    first_step: bool,
+) -> dict[str, Any]:
+    """Run the benchmark, print its table and return (and optionally write) the JSON report."""
+    shapes = {mix: MIXES[mix](scale) for mix in mixes}
+    largest = max(sum(math.prod(s) for s in mix_shapes) for mix_shapes in shapes.values())
+    bytes_per_second = bandwidth(max(largest, 1 << 20), repeats)
+    results = []
+    for mix in mixes:
+        for name in optimizers:
+            result = bench_optimizer(name, mix, shapes[mix], repeats, bytes_per_second)
+            results.append(result)
+            print(
+                f"{mix:12} {name:9} {result.ratio_to_torch_best:5.2f}x of {result.torch_best_mode}",
+                flush=True,
+            )
+    report: dict[str, Any] = {
+        "command": " ".join(["fastoptim", "bench", *sys.argv[2:]]),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "bandwidth_gb_per_s": bytes_per_second / 1e9,
+        "results": [asdict(result) for result in results],
+    }
+    if first_step:
+        cold, warm = first_step_seconds()
+        report["first_step_seconds"] = {"cold_cache": cold, "warm_cache": warm}
+    print()
+    print(table(results))
+    if first_step:
+        print(f"\nFirst Adam step in a new process: {cold:.2f} s cold cache, {warm:.2f} s warm")
+    if out is not None:
+        out.write_text(json.dumps(report, indent=2))
+        print(f"\nWrote {out}")
+    return report
