@@ -73,28 +73,38 @@ class KernelBatch:
     params: list[Tensor] = field(default_factory=list)
 
 
-def kernel_blocker(param: Tensor, state: dict[str, Any]) -> str | None:
-    """Why the fused kernel cannot update ``param`` (with gradient and ``state``), or None."""
-    grad = param.grad
-    if not (param.is_cpu and grad.is_cpu):
+def kernel_blocker(param: Tensor) -> str | None:
+    """Why the fused kernel cannot update ``param`` with its gradient, or None.
+
+    torch already guarantees that ``param.grad`` has the parameter's shape, dtype and device.
+    """
+    if not param.is_cpu:
         return f"it is on {param.device}; fastoptim's kernels run on the CPU"
+    grad = param.grad
     if grad.is_sparse:
         return "its gradient is sparse"
     if param.dtype not in KERNEL_MARKERS:
         return f"its dtype is {param.dtype}; kernels take float32, float64, bfloat16 and complex"
-    buffers = [grad, *(v for k, v in state.items() if k != "step" and isinstance(v, Tensor))]
-    if any(t.dtype is not param.dtype or t.shape != param.shape for t in buffers):
-        return "its gradient or state differs from it in dtype or shape"
     if param.is_contiguous():
-        if not all(t.is_contiguous() for t in buffers):
-            return "its gradient or state is not contiguous like the parameter"
-    elif not is_dense(param) or any(t.stride() != param.stride() for t in buffers):
-        return "it is not dense, or its gradient or state has other strides"
-    step = state.get("step")
-    if step is not None and (
-        step.dtype not in STEP_MARKERS or not step.is_cpu or step.numel() != 1
-    ):
-        return "its step counter is not a float32 or float64 CPU scalar"
+        if not grad.is_contiguous():
+            return "its gradient is not contiguous like the parameter"
+    elif not is_dense(param) or grad.stride() != param.stride():
+        return "it is not dense, or its gradient has other strides"
+    return None
+
+
+def state_blocker(param: Tensor, state: dict[str, Any]) -> str | None:
+    """Why the kernel cannot use ``param``'s state tensors (dtype, size, layout), or None."""
+    for key, value in state.items():
+        if key == "step":
+            if value.dtype not in STEP_MARKERS or not value.is_cpu or value.numel() != 1:
+                return "its step counter is not a float32 or float64 CPU scalar"
+        elif isinstance(value, Tensor) and (
+            value.dtype is not param.dtype
+            or value.shape != param.shape
+            or value.stride() != param.stride()
+        ):
+            return f"its state {key!r} differs from it in dtype, shape or strides"
     return None
 
 
@@ -122,6 +132,7 @@ class BaseOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
+        self._verified_states: dict[int, tuple[int, ...]] = {}
         if defaults.get("fused"):
             if defaults["differentiable"]:
                 raise RuntimeError("`fused` does not support `differentiable`")
@@ -131,6 +142,7 @@ class BaseOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore pickled or loaded state; options missing from a group take their defaults."""
         super().__setstate__(state)
+        self._verified_states = {}
         signature_defaults = {
             name: parameter.default
             for name, parameter in inspect.signature(type(self).__init__).parameters.items()
@@ -196,17 +208,27 @@ class BaseOptimizer(torch.optim.Optimizer):
             return group, [], params
         batches: dict[tuple[torch.dtype, torch.dtype], KernelBatch] = {}
         others = []
+        states, verified, default_step = self.state, self._verified_states, scalar_dtype()
         for param in params:
-            state = self.state.get(param, {})
-            blocker = kernel_blocker(param, state)
+            state = states.get(param)
+            blocker = kernel_blocker(param)
+            if blocker is None and state:
+                # State tensors are checked once, then remembered by identity.
+                identities = tuple(map(id, state.values()))
+                if verified.get(id(param)) != identities:
+                    blocker = state_blocker(param, state)
+                    if blocker is None:
+                        verified[id(param)] = identities
             if blocker is not None:
                 if group["fused"] and param.is_cpu:
                     raise RuntimeError(f"fused=True cannot update a parameter: {blocker}")
                 others.append(param)
                 continue
-            step = state.get("step")
-            key = (param.dtype, scalar_dtype() if step is None else step.dtype)
-            batches.setdefault(key, KernelBatch(*key)).params.append(param)
+            key = (param.dtype, state["step"].dtype if state and "step" in state else default_step)
+            batch = batches.get(key)
+            if batch is None:
+                batch = batches[key] = KernelBatch(*key)
+            batch.params.append(param)
         return group, list(batches.values()), others
 
     def _run_kernel(

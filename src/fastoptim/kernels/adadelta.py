@@ -1,12 +1,12 @@
 """Fused Adadelta kernel: one pass over param, grad and both averages for every tensor."""
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from fastoptim.kernels.memory import chunks_of, compute, encode, load, view
+from fastoptim.kernels.memory import chunks_of, compute, encode, kernel, load, view
 
 
-@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+@kernel
 def adadelta_kernel(  # type: ignore[no-untyped-def]
     addresses, sizes, marker, step_marker, lr, rho, eps, weight_decay, grad_factor
 ):

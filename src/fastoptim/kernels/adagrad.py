@@ -1,12 +1,12 @@
 """Fused Adagrad kernel: one pass over param, grad and sum for every tensor of a group."""
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from fastoptim.kernels.memory import chunks_of, compute, encode, load, view
+from fastoptim.kernels.memory import chunks_of, compute, encode, kernel, load, view
 
 
-@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+@kernel
 def adagrad_kernel(  # type: ignore[no-untyped-def]
     addresses, sizes, marker, step_marker, lr, lr_decay, weight_decay, eps, grad_factor
 ):

@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from fastoptim.kernels.memory import chunks_of, compute, encode, lerp, load, maximum, view
+from fastoptim.kernels.memory import chunks_of, compute, encode, kernel, lerp, load, maximum, view
 
 
 @njit(inline="always")
@@ -23,7 +23,7 @@ def moments(param, grad, exp_avg, exp_avg_sq, i, c):  # type: ignore[no-untyped-
     return p, m, v
 
 
-@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+@kernel
 def adam_kernel(  # type: ignore[no-untyped-def]
     addresses,
     sizes,

@@ -1,12 +1,12 @@
 """Fused Adamax kernel: one pass over param, grad, exp_avg and exp_inf for every tensor."""
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from fastoptim.kernels.memory import chunks_of, compute, encode, lerp, load, maximum, view
+from fastoptim.kernels.memory import chunks_of, compute, encode, kernel, lerp, load, maximum, view
 
 
-@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+@kernel
 def adamax_kernel(  # type: ignore[no-untyped-def]
     addresses, sizes, marker, step_marker, lr, beta1, beta2, eps, weight_decay, grad_factor
 ):

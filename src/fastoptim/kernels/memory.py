@@ -6,6 +6,11 @@ call can cover every tensor of a param group. Storage types are given by a dtype
 Arithmetic runs in the compute type of the marker: float64 for float64, float32 otherwise.
 """
 
+import os
+import types as pytypes
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from llvmlite import ir
 from numba import carray, njit, types
@@ -133,3 +138,37 @@ def chunks_of(sizes):  # type: ignore[no-untyped-def]
             rows[row, 2] = min(start + CHUNK, size)
             row += 1
     return rows
+
+
+_forked = False
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
+
+
+class Kernel:
+    """A kernel compiled twice: parallel (Numba's default threading layer, which shares
+    torch's OpenMP threads where it can) and serial. A forked child (such as a DataLoader
+    worker) runs the serial one, since an OpenMP pool does not survive a fork."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        options = {"cache": True, "nogil": True, "error_model": "numpy", "fastmath": {"contract"}}
+        self.parallel = njit(parallel=True, **options)(function)
+        serial = pytypes.FunctionType(
+            function.__code__, function.__globals__, function.__name__ + "_serial"
+        )
+        serial.__qualname__ = function.__qualname__ + "_serial"  # its own cache entry
+        self.serial = njit(**options)(serial)
+
+    def __call__(self, *args: Any) -> None:
+        (self.serial if _forked else self.parallel)(*args)
+
+
+def kernel(function: Callable[..., Any]) -> Kernel:
+    """Decorator: compile ``function`` as a :class:`Kernel`."""
+    return Kernel(function)

@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from fastoptim.kernels.memory import chunks_of, compute, encode, lerp, load, view
+from fastoptim.kernels.memory import chunks_of, compute, encode, kernel, lerp, load, view
 
 
 @njit(inline="always")
@@ -29,7 +29,7 @@ def centered_avg(grad_avg, i, g, v, c):  # type: ignore[no-untyped-def]
     return np.sqrt(v - gbar * gbar) + epsilon
 
 
-@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+@kernel
 def rmsprop_kernel(  # type: ignore[no-untyped-def]
     addresses,
     sizes,

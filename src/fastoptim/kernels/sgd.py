@@ -1,11 +1,11 @@
 """Fused SGD kernel: one pass over param, grad and momentum buffer for every tensor of a group."""
 
-from numba import njit, prange
+from numba import prange
 
-from fastoptim.kernels.memory import chunks_of, compute, encode, load, view
+from fastoptim.kernels.memory import chunks_of, compute, encode, kernel, load, view
 
 
-@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+@kernel
 def sgd_kernel(  # type: ignore[no-untyped-def]
     addresses, sizes, marker, lr, momentum, dampening, weight_decay, nesterov, grad_factor, fresh
 ):

@@ -1,0 +1,89 @@
+"""`fastoptim bench` end to end on tiny budgets (no timing is asserted), and the kernel cache."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastoptim import bench, cli
+
+
+def test_mixes_have_the_advertised_shape() -> None:
+    transformer = bench.transformer_mix()
+    assert len(transformer) == 75
+    assert 7.5e6 < sum(math.prod(shape) for shape in transformer) < 8.5e6
+    small = [math.prod(shape) for shape in bench.many_small_mix()]
+    assert len(small) == 400 and min(small) >= 64 and max(small) <= 16384
+
+
+def test_bench_writes_ratios_and_a_table(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--optimizers", "adam,SGD", "--mix", "many-small", "--scale", "0.02"]
+    assert cli.main([*argv, "--repeats", "2", "--out", str(out), "--no-first-step"]) == 0
+    report = json.loads(out.read_text())
+    assert report["bandwidth_gb_per_s"] > 0
+    results = report["results"]
+    assert [(r["mix"], r["optimizer"]) for r in results] == [
+        ("many-small", "Adam"),
+        ("many-small", "SGD"),
+    ]
+    for result in results:
+        assert result["ratio_to_torch_best"] > 0
+        assert result["fastoptim_bandwidth_fraction"] > 0
+        assert result["torch_best_mode"] in result["median_ms"]
+        assert "fastoptim" in result["median_ms"] and "torch fused" in result["median_ms"]
+    printed = capsys.readouterr().out
+    assert "| many-small | Adam |" in printed and "| many-small | SGD |" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--optimizers", "adam,lion"], "unknown 'lion'; choose from SGD, Adam"),
+        (["--mix", "huge"], "unknown 'huge'; choose from transformer, many-small"),
+        (["--repeats", "0"], "invalid value '0': expected a number > 0"),
+        (["--scale", "-1"], "invalid value '-1': expected a number > 0"),
+    ],
+)
+def test_bench_rejects_bad_arguments(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_rejects_an_output_in_a_missing_directory(tmp_path, capsys) -> None:
+    out = tmp_path / "missing" / "bench.json"
+    assert cli.main(["bench", "--out", str(out)]) == 2
+    assert "--out: no directory" in capsys.readouterr().err
+
+
+CACHE_PROBE = """
+import torch, fastoptim
+from fastoptim.kernels.adam import adam_kernel
+param = torch.randn(10, requires_grad=True)
+param.grad = torch.randn(10)
+fastoptim.Adam([param]).step()
+stats = adam_kernel.parallel.stats
+print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
+
+
+def test_compiled_kernels_are_reused_from_the_disk_cache(tmp_path) -> None:
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", CACHE_PROBE],
+            env=environment,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        for _ in range(2)
+    ]
+    assert runs[0] == ["0", "1"]  # compiled and written to the cache
+    assert runs[1] == ["1", "0"]  # loaded from it
+    assert any(tmp_path.rglob("*.nbi"))
