@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean clean-kernel-cache
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,7 @@ lint: $(INSTALLED)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+
+# Numba's cache checks only a kernel's own file: after editing kernels/memory.py, run this.
+clean-kernel-cache:
+	find src -name '*.nbi' -delete -o -name '*.nbc' -delete

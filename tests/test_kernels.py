@@ -2,11 +2,11 @@
 
 Tolerance: after 100 steps, every parameter and state tensor of the kernel path is within
 ``RTOL * scale`` of the reference (RTOL 1e-5 in float32, 1e-12 in float64). The scale is the
-tensor's largest magnitude (for parameters, also their largest starting magnitude): an element
-that passes near zero is the difference of operands of that scale, and its rounding error is
-relative to them, not to the small result. The kernels evaluate the same formulas in the same
-precision and order; they differ from torch only where torch's vectorized code fuses a
-multiply-add and the kernel does not, or the reverse.
+largest magnitude the tensor had during the run (parameters from their starting values on): an
+element that passes near zero is the difference of operands of that scale, and its rounding
+error is relative to them, not to the small result. The kernels evaluate the same formulas in
+the same precision and order; they differ from torch only where torch's vectorized code fuses
+a multiply-add and the kernel does not, or the reverse.
 """
 
 import multiprocessing
@@ -41,45 +41,53 @@ def gradient_like(param: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return torch.empty_like(param).copy_(values)
 
 
-def run_fused_and_reference(
-    name: str, options: dict, params: list[torch.Tensor], steps: int, seed: int = 1
-) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """Step a fused=True and a fused=False optimizer on identical gradients; a rotating
-    parameter has no gradient on each step (so one gets its first gradient late)."""
-    fused_params, reference_params = leaf_copies(params), leaf_copies(params)
-    cls = getattr(fastoptim, name)
-    fused, reference = cls(fused_params, **options, fused=True), cls(reference_params, **options)
-    for group in reference.param_groups:
-        group["fused"] = False
-    generator = torch.Generator().manual_seed(seed)
-    for step in range(steps):
-        for index, (a, b) in enumerate(zip(fused_params, reference_params, strict=True)):
-            if (step + index) % 5 == 4:
-                a.grad = b.grad = None
-                continue
-            grad = gradient_like(a, generator)
-            a.grad, b.grad = grad.clone(), grad.clone()
-        fused.step()
-        reference.step()
-    return fused, reference
+class Run:
+    """A fused=True and a fused=False optimizer stepped on identical gradients, with the
+    largest magnitude each reference tensor reached (keyed by parameter index and state key)."""
 
+    def __init__(self, name: str, options: dict, params: list[torch.Tensor], steps: int) -> None:
+        self.fused_params, self.reference_params = leaf_copies(params), leaf_copies(params)
+        cls = getattr(fastoptim, name)
+        self.fused = cls(self.fused_params, **options, fused=True)
+        self.reference = cls(self.reference_params, **options)
+        for group in self.reference.param_groups:
+            group["fused"] = False
+        self.scales: dict[tuple[int, str], float] = {}
+        self.record()
+        generator = torch.Generator().manual_seed(1)
+        for step in range(steps):
+            pairs = zip(self.fused_params, self.reference_params, strict=True)
+            for index, (a, b) in enumerate(pairs):
+                if (step + index) % 5 == 4:  # a rotating parameter gets no gradient
+                    a.grad = b.grad = None
+                    continue
+                grad = gradient_like(a, generator)
+                a.grad, b.grad = grad.clone(), grad.clone()
+            self.fused.step()
+            self.reference.step()
+            self.record()
 
-def assert_close_to_reference(
-    fused: torch.optim.Optimizer, reference: torch.optim.Optimizer, start: list[torch.Tensor]
-) -> None:
-    """Every parameter and state tensor within the module's tolerance; ``start`` holds the
-    parameters' starting values."""
-    for param_a, param_b, initial in zip(
-        fused.param_groups[0]["params"], reference.param_groups[0]["params"], start, strict=True
-    ):
-        pairs = [(param_a.detach(), param_b.detach(), initial.abs().max().item())]
-        state_a, state_b = fused.state.get(param_a, {}), reference.state.get(param_b, {})
+    def tensors(self, index: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Parameter ``index`` and its state tensors: name -> (fused, reference)."""
+        a, b = self.fused_params[index], self.reference_params[index]
+        pairs = {"param": (a.detach(), b.detach())}
+        state_a, state_b = self.fused.state.get(a, {}), self.reference.state.get(b, {})
         assert state_a.keys() == state_b.keys()
-        pairs += [(state_a[key], state_b[key], 0.0) for key in state_b]
-        for a, b, start_scale in pairs:
-            assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
-            scale = max(b.abs().max().item(), start_scale, 1e-30)
-            assert (a - b).abs().max().item() <= RTOL[b.dtype] * scale
+        pairs.update({key: (state_a[key], state_b[key]) for key in state_b})
+        return pairs
+
+    def record(self) -> None:
+        for index in range(len(self.reference_params)):
+            for key, (_, b) in self.tensors(index).items():
+                scale = b.abs().max().item()
+                self.scales[index, key] = max(self.scales.get((index, key), 0.0), scale)
+
+    def assert_close(self) -> None:
+        for index in range(len(self.reference_params)):
+            for key, (a, b) in self.tensors(index).items():
+                assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
+                bound = RTOL[b.dtype] * max(self.scales[index, key], 1e-30)
+                assert (a - b).abs().max().item() <= bound, key
 
 
 CASES = [
@@ -92,25 +100,19 @@ CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize(("name", "options"), CASES)
 def test_kernel_matches_reference_over_every_option(name: str, options: dict, dtype) -> None:
-    params = kernel_params(dtype)
-    fused, reference = run_fused_and_reference(name, options, params, steps=100)
-    assert_close_to_reference(fused, reference, params)
+    Run(name, options, kernel_params(dtype), steps=100).assert_close()
 
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
 @pytest.mark.parametrize("name", NAMES)
 def test_kernel_updates_complex_parameters_like_the_reference(name: str, dtype) -> None:
     options = {"lr": 0.01, "momentum": 0.9} if name in ("SGD", "RMSprop") else {}
-    params = kernel_params(dtype)
-    fused, reference = run_fused_and_reference(name, options, params, steps=30)
-    assert_close_to_reference(fused, reference, params)
+    Run(name, options, kernel_params(dtype), steps=30).assert_close()
 
 
 def test_tensor_lr_reaches_the_kernel() -> None:
     options = {"lr": torch.tensor(0.05)}
-    params = kernel_params(torch.float32)
-    fused, reference = run_fused_and_reference("Adam", options, params, 20)
-    assert_close_to_reference(fused, reference, params)
+    Run("Adam", options, kernel_params(torch.float32), steps=20).assert_close()
 
 
 BF16_OPTIONS: dict[str, dict] = {
@@ -180,8 +182,7 @@ def test_property_kernel_matches_reference(name, choice, dtype, shapes, steps) -
     options = OPTION_GRIDS[name][choice % len(OPTION_GRIDS[name])]
     generator = torch.Generator().manual_seed(choice)
     params = [torch.randn(shape, generator=generator, dtype=dtype) for shape in shapes]
-    fused, reference = run_fused_and_reference(name, options, params, steps)
-    assert_close_to_reference(fused, reference, params)
+    Run(name, options, params, steps).assert_close()
 
 
 def scaled_training(
@@ -344,4 +345,5 @@ def test_kernels_work_in_a_forked_process(name: str) -> None:
     context = multiprocessing.get_context("fork")
     with context.Pool(1, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         result = pool.apply(train_in_child, (name,))
-    assert all(torch.equal(a, b) for a, b in zip(result, expected, strict=True))
+    for a, b in zip(result, expected, strict=True):  # the child's kernel is the serial build
+        assert (a - b).abs().max().item() <= RTOL[torch.float32] * b.abs().max().item()
