@@ -11,6 +11,7 @@ a multiply-add and the kernel does not, or the reverse.
 
 import multiprocessing
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -41,14 +42,28 @@ def gradient_like(param: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return torch.empty_like(param).copy_(values)
 
 
-class Run:
-    """A fused=True and a fused=False optimizer stepped on identical gradients, with the
-    largest magnitude each reference tensor reached (keyed by parameter index and state key)."""
+Disruption = Callable[[torch.optim.Optimizer, list[torch.Tensor]], None]
 
-    def __init__(self, name: str, options: dict, params: list[torch.Tensor], steps: int) -> None:
+
+class Run:
+    """A kernel (fused=True) and a reference (fused=False) optimizer stepped on identical
+    gradients, with the largest magnitude each reference tensor reached (keyed by parameter
+    index and state key). Which parameter gets no gradient changes every 10 steps, so steps
+    both reuse a group's kernel layout and plan it anew. ``disruptions[step]`` is applied to
+    both optimizers before that step."""
+
+    def __init__(
+        self,
+        name: str,
+        options: dict,
+        params: list[torch.Tensor],
+        steps: int,
+        disruptions: dict[int, Disruption] | None = None,
+        fused: bool | None = True,
+    ) -> None:
         self.fused_params, self.reference_params = leaf_copies(params), leaf_copies(params)
         cls = getattr(fastoptim, name)
-        self.fused = cls(self.fused_params, **options, fused=True)
+        self.fused = cls(self.fused_params, **options, fused=fused)
         self.reference = cls(self.reference_params, **options)
         for group in self.reference.param_groups:
             group["fused"] = False
@@ -58,11 +73,14 @@ class Run:
         for step in range(steps):
             pairs = zip(self.fused_params, self.reference_params, strict=True)
             for index, (a, b) in enumerate(pairs):
-                if (step + index) % 5 == 4:  # a rotating parameter gets no gradient
+                if (step // 10 + index) % 5 == 4:  # a rotating parameter gets no gradient
                     a.grad = b.grad = None
                     continue
                 grad = gradient_like(a, generator)
                 a.grad, b.grad = grad.clone(), grad.clone()
+            if disruptions and step in disruptions:
+                disruptions[step](self.fused, self.fused_params)
+                disruptions[step](self.reference, self.reference_params)
             self.fused.step()
             self.reference.step()
             self.record()
@@ -101,6 +119,47 @@ CASES = [
 @pytest.mark.parametrize(("name", "options"), CASES)
 def test_kernel_matches_reference_over_every_option(name: str, options: dict, dtype) -> None:
     Run(name, options, kernel_params(dtype), steps=100).assert_close()
+
+
+def replace_parameter_storage(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    params[2].data = params[2].data.clone()
+
+
+def replace_a_state_tensor(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    state = optimizer.state[params[2]]
+    key = next(key for key in state if key != "step")
+    state[key] = state[key].clone()
+
+
+def clear_the_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    optimizer.state.clear()
+
+
+def reload_the_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    optimizer.load_state_dict(optimizer.state_dict())
+
+
+def transpose_a_gradient(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    params[2].grad = params[2].grad.t().contiguous().t()  # same values, other strides
+
+
+@pytest.mark.parametrize(
+    "disrupt",
+    [
+        replace_parameter_storage,
+        replace_a_state_tensor,
+        clear_the_state,
+        reload_the_state,
+        transpose_a_gradient,
+    ],
+)
+@pytest.mark.parametrize("name", NAMES)
+def test_a_reused_kernel_layout_follows_changes(name: str, disrupt: Disruption) -> None:
+    """After steps that reuse the group's kernel layout, a change to what it points at (new
+    parameter storage, new state tensors, a gradient with other strides) is followed."""
+    options = BF16_OPTIONS[name]
+    run = Run(name, options, kernel_params(torch.float32), 8, {5: disrupt}, fused=None)
+    run.assert_close()
 
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])

@@ -9,9 +9,10 @@ implementation for other devices (``_torch_step``).
 """
 
 import inspect
+import operator
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numba
@@ -66,11 +67,65 @@ def as_scalar(value: float | Tensor) -> float | Tensor:
 
 @dataclass
 class KernelBatch:
-    """Parameters of one dtype (and step dtype) that one kernel call updates."""
+    """Parameters of one dtype (and step dtype) that one kernel call updates; ``indices`` are
+    their positions among the group's parameters with a gradient."""
 
     dtype: torch.dtype
     step_dtype: torch.dtype
     params: list[Tensor] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+
+
+@dataclass
+class KernelCall:
+    """What a fused kernel needs besides the group's hyperparameters.
+
+    ``addresses`` holds one column per tensor and one row per role: param, grad, then the
+    optimizer's ``_kernel_state_keys``. ``fresh`` marks tensors whose state this step created.
+    """
+
+    addresses: np.ndarray
+    sizes: np.ndarray
+    marker: np.dtype
+    step_marker: np.dtype
+    fresh: np.ndarray
+    grad_factor: float = 1.0
+
+
+@dataclass
+class GroupPlan:
+    """One group's step: the parameters with a gradient, the kernel batches (or the calls
+    reused from the group's layout), and the parameters left to the other paths."""
+
+    group: dict[str, Any]
+    params: list[Tensor]
+    batches: list[KernelBatch] = field(default_factory=list)
+    others: list[Tensor] = field(default_factory=list)
+    calls: list[KernelCall] | None = None
+
+
+@dataclass
+class GroupLayout:
+    """A group's kernel calls from its previous step, reused while the same parameters have
+    gradients (same storage, same layout) and the same state tensors: then a step only gathers
+    the gradients' addresses. ``params`` are those with a gradient."""
+
+    group: dict[str, Any]
+    state_table: dict[Tensor, Any]
+    group_params: list[Tensor]
+    without_grad: list[bool]
+    params: list[Tensor]
+    param_addresses: np.ndarray
+    strided: list[tuple[int, tuple[int, ...]]]
+    states: list[dict[str, Any]]
+    state_keys: list[str]
+    state_rows: list[list[Tensor]]
+    calls: list[tuple[np.ndarray, KernelCall]] = field(default_factory=list)
+
+
+def addresses_of(tensors: list[Tensor]) -> np.ndarray:
+    """The ``data_ptr()`` of each tensor, as int64."""
+    return np.fromiter(map(Tensor.data_ptr, tensors), np.int64, len(tensors))
 
 
 def kernel_blocker(param: Tensor) -> str | None:
@@ -93,8 +148,11 @@ def kernel_blocker(param: Tensor) -> str | None:
     return None
 
 
-def state_blocker(param: Tensor, state: dict[str, Any]) -> str | None:
+def state_blocker(param: Tensor, state: dict[str, Any], keys: list[str]) -> str | None:
     """Why the kernel cannot use ``param``'s state tensors (dtype, size, layout), or None."""
+    missing = [key for key in keys if key not in state]
+    if state and missing:
+        return f"its state lacks {missing[0]!r}"
     for key, value in state.items():
         if key == "step":
             if value.dtype not in STEP_MARKERS or not value.is_cpu or value.numel() != 1:
@@ -132,7 +190,7 @@ class BaseOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
-        self._verified_states: dict[int, tuple[int, ...]] = {}
+        self._layouts: dict[int, GroupLayout] = {}
         if defaults.get("fused"):
             if defaults["differentiable"]:
                 raise RuntimeError("`fused` does not support `differentiable`")
@@ -142,7 +200,7 @@ class BaseOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore pickled or loaded state; options missing from a group take their defaults."""
         super().__setstate__(state)
-        self._verified_states = {}
+        self._layouts = {}
         signature_defaults = {
             name: parameter.default
             for name, parameter in inspect.signature(type(self).__init__).parameters.items()
@@ -183,19 +241,24 @@ class BaseOptimizer(torch.optim.Optimizer):
             return loss
         grad_scale = getattr(self, "grad_scale", None)
         inv_scale = None if grad_scale is None else grad_scale.double().reciprocal().float()
+        unscale = 1.0 if inv_scale is None else inv_scale.item()
         with torch.set_grad_enabled(self.defaults["differentiable"]):
             plans = [self._plan(group) for group in self.param_groups]
-            for group, batches, others in plans:
-                for batch in batches:
-                    self._run_kernel(group, batch, inv_scale)
-                self._step_without_kernel(group, others, inv_scale)
+            for plan in plans:
+                calls = self._new_calls(plan) if plan.calls is None else plan.calls
+                for call in calls:
+                    call.grad_factor = -unscale if plan.group["maximize"] else unscale
+                    self._run_kernel(plan.group, call)
+                self._step_without_kernel(plan.group, plan.others, inv_scale)
         return loss
 
-    def _plan(
-        self, group: dict[str, Any]
-    ) -> tuple[dict[str, Any], list[KernelBatch], list[Tensor]]:
+    def _plan(self, group: dict[str, Any]) -> GroupPlan:
         """Check the group's parameters with a gradient and split them between the kernel
         (batches of one dtype) and the other paths. Nothing is changed here."""
+        if group["fused"] is not False and not group["differentiable"]:
+            reused = self._reuse_layout(group)
+            if reused is not None:
+                return reused
         params = [p for p in group["params"] if p.grad is not None]
         if self.sparse_grad_error is not None and any(p.grad.is_sparse for p in params):
             raise RuntimeError(self.sparse_grad_error)
@@ -205,65 +268,113 @@ class BaseOptimizer(torch.optim.Optimizer):
                 f"{CAPTURABLE_DEVICES}."
             )
         if group["fused"] is False or group["differentiable"] or not params:
-            return group, [], params
+            return GroupPlan(group, params, others=params)
+        plan = GroupPlan(group, params)
         batches: dict[tuple[torch.dtype, torch.dtype], KernelBatch] = {}
-        others = []
-        states, verified, default_step = self.state, self._verified_states, scalar_dtype()
-        for param in params:
-            state = states.get(param)
+        keys, default_step = self._kernel_state_keys(group), scalar_dtype()
+        for index, param in enumerate(params):
+            state = self.state.get(param)
             blocker = kernel_blocker(param)
             if blocker is None and state:
-                # State tensors are checked once, then remembered by identity.
-                identities = tuple(map(id, state.values()))
-                if verified.get(id(param)) != identities:
-                    blocker = state_blocker(param, state)
-                    if blocker is None:
-                        verified[id(param)] = identities
+                blocker = state_blocker(param, state, keys)
             if blocker is not None:
                 if group["fused"] and param.is_cpu:
                     raise RuntimeError(f"fused=True cannot update a parameter: {blocker}")
-                others.append(param)
+                plan.others.append(param)
                 continue
             key = (param.dtype, state["step"].dtype if state and "step" in state else default_step)
             batch = batches.get(key)
             if batch is None:
                 batch = batches[key] = KernelBatch(*key)
             batch.params.append(param)
-        return group, list(batches.values()), others
+            batch.indices.append(index)
+        plan.batches = list(batches.values())
+        return plan
 
-    def _run_kernel(
-        self, group: dict[str, Any], batch: KernelBatch, inv_scale: Tensor | None
-    ) -> None:
-        """Update a batch of parameters in one fused kernel call."""
-        columns, extra = self._kernel_columns(group, batch.params)
-        addresses = np.array([[t.data_ptr() for t in column] for column in columns], np.int64)
-        sizes = np.array([p.numel() for p in batch.params], np.int64)
-        if batch.dtype.is_complex:
-            sizes *= 2
-        grad_factor = 1.0 if inv_scale is None else inv_scale.item()
-        if group["maximize"]:
-            grad_factor = -grad_factor
+    def _reuse_layout(self, group: dict[str, Any]) -> GroupPlan | None:
+        """The group's plan of its previous step with this step's gradient addresses, or None
+        when anything it depends on has changed (then the group is planned anew)."""
+        layout = self._layouts.get(id(group))
+        group_params = group["params"]
+        if (
+            layout is None
+            or layout.group is not group
+            or layout.state_table is not self.state
+            or len(group_params) != len(layout.without_grad)
+            or not all(map(operator.is_, group_params, layout.group_params))
+            or self._kernel_state_keys(group) != layout.state_keys
+        ):
+            return None
+        grads = [p.grad for p in group_params]
+        without_grad = [grad is None for grad in grads]
+        if without_grad != layout.without_grad:
+            return None
+        if any(without_grad):
+            grads = [grad for grad in grads if grad is not None]
+        params = layout.params
+        laid_out = list(map(Tensor.is_contiguous, grads))
+        for index, stride in layout.strided:
+            grad = grads[index]
+            laid_out[index] = grad.layout is torch.strided and grad.stride() == stride
+        states = [self.state[p] for p in params]
+        if not all(laid_out) or not all(map(operator.is_, states, layout.states)):
+            return None
+        for key, row in zip(layout.state_keys, layout.state_rows, strict=True):
+            if not all(map(operator.is_, [state.get(key) for state in states], row)):
+                return None
+        if not np.array_equal(addresses_of(params), layout.param_addresses):
+            return None
+        grad_addresses = addresses_of(grads)
+        calls = []
+        for indices, call in layout.calls:
+            addresses = call.addresses.copy()
+            addresses[1] = grad_addresses[indices]
+            calls.append(replace(call, addresses=addresses))
+        return GroupPlan(group, params, calls=calls)
+
+    def _new_calls(self, plan: GroupPlan) -> list[KernelCall]:
+        """Create missing state and the kernel calls of a freshly planned group; remember them
+        as the group's layout when the kernel covers the whole group."""
+        group, keys, calls = plan.group, self._kernel_state_keys(plan.group), []
+        for batch in plan.batches:
+            fresh = np.array([not self.state.get(p) for p in batch.params], np.bool_)
+            states = [self._state_of(p, group) for p in batch.params]
+            rows = [batch.params, [p.grad for p in batch.params]]
+            rows += [[state[key] for state in states] for key in keys]
+            sizes = np.array([p.numel() for p in batch.params], np.int64)
+            if batch.dtype.is_complex:
+                sizes *= 2
+            addresses = np.stack([addresses_of(row) for row in rows])
+            marker, step_marker = KERNEL_MARKERS[batch.dtype], STEP_MARKERS[batch.step_dtype]
+            calls.append(KernelCall(addresses, sizes, marker, step_marker, fresh))
+        if plan.batches and not plan.others:
+            params = plan.params
+            states = [self.state[p] for p in params]
+            self._layouts[id(group)] = GroupLayout(
+                group=group,
+                state_table=self.state,
+                group_params=list(group["params"]),
+                without_grad=[p.grad is None for p in group["params"]],
+                params=plan.params,
+                param_addresses=addresses_of(plan.params),
+                strided=[
+                    (i, p.stride()) for i, p in enumerate(plan.params) if not p.is_contiguous()
+                ],
+                states=states,
+                state_keys=keys,
+                state_rows=[[state[key] for state in states] for key in keys],
+                calls=[
+                    (np.array(batch.indices), replace(call, fresh=np.zeros_like(call.fresh)))
+                    for batch, call in zip(plan.batches, calls, strict=True)
+                ],
+            )
+        return calls
+
+    def _run_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
+        """Run one fused kernel call on as many threads as torch uses."""
         with KERNEL_LOCK:
             numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-            self._launch_kernel(
-                group,
-                addresses,
-                sizes,
-                KERNEL_MARKERS[batch.dtype],
-                STEP_MARKERS[batch.step_dtype],
-                grad_factor,
-                *extra,
-            )
-
-    def _kernel_columns(
-        self, group: dict[str, Any], params: list[Tensor]
-    ) -> tuple[list[list[Tensor]], tuple[Any, ...]]:
-        """The kernel's tensor rows (param, grad, step, then ``kernel_state_keys``) and any
-        extra kernel arguments."""
-        states = [self._state_of(p, group) for p in params]
-        columns = [params, [p.grad for p in params], [state["step"] for state in states]]
-        columns += [[state[key] for state in states] for key in self._kernel_state_keys(group)]
-        return columns, ()
+            self._launch_kernel(group, call)
 
     def _step_without_kernel(
         self, group: dict[str, Any], params: list[Tensor], inv_scale: Tensor | None
@@ -289,19 +400,11 @@ class BaseOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
-        """The state tensors the fused kernel reads and writes, in its row order."""
+        """The state tensors the fused kernel reads and writes (after param and grad), in its
+        row order."""
         raise NotImplementedError
 
-    def _launch_kernel(
-        self,
-        group: dict[str, Any],
-        addresses: np.ndarray,
-        sizes: np.ndarray,
-        marker: np.dtype,
-        step_marker: np.dtype,
-        grad_factor: float,
-        *extra: Any,
-    ) -> None:
+    def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         """Call the optimizer's fused kernel with the group's hyperparameters."""
         raise NotImplementedError
 

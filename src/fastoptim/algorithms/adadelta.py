@@ -2,7 +2,6 @@
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.adadelta import adadelta as torch_adadelta
@@ -11,6 +10,7 @@ from torch.optim.optimizer import ParamsT
 from fastoptim.kernels.adadelta import adadelta_kernel
 from fastoptim.optimizer import (
     BaseOptimizer,
+    KernelCall,
     as_scalar,
     check_non_negative,
     check_tensor_lr,
@@ -76,28 +76,19 @@ class Adadelta(BaseOptimizer):
         adadelta_update(param, grad, self._state_of(param, group), group)
 
     def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
-        return ["square_avg", "acc_delta"]
+        return ["step", "square_avg", "acc_delta"]
 
-    def _launch_kernel(
-        self,
-        group: dict[str, Any],
-        addresses: np.ndarray,
-        sizes: np.ndarray,
-        marker: np.dtype,
-        step_marker: np.dtype,
-        grad_factor: float,
-        *extra: Any,
-    ) -> None:
+    def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         adadelta_kernel(
-            addresses,
-            sizes,
-            marker,
-            step_marker,
+            call.addresses,
+            call.sizes,
+            call.marker,
+            call.step_marker,
             float(group["lr"]),
             float(group["rho"]),
             float(group["eps"]),
             float(group["weight_decay"]),
-            grad_factor,
+            call.grad_factor,
         )
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:

@@ -2,7 +2,6 @@
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.adagrad import adagrad as torch_adagrad
@@ -11,6 +10,7 @@ from torch.optim.optimizer import ParamsT
 from fastoptim.kernels.adagrad import adagrad_kernel
 from fastoptim.optimizer import (
     BaseOptimizer,
+    KernelCall,
     as_scalar,
     check_non_negative,
     check_tensor_lr,
@@ -85,28 +85,19 @@ class Adagrad(BaseOptimizer):
         adagrad_update(param, grad, self._state_of(param, group), group)
 
     def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
-        return ["sum"]
+        return ["step", "sum"]
 
-    def _launch_kernel(
-        self,
-        group: dict[str, Any],
-        addresses: np.ndarray,
-        sizes: np.ndarray,
-        marker: np.dtype,
-        step_marker: np.dtype,
-        grad_factor: float,
-        *extra: Any,
-    ) -> None:
+    def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         adagrad_kernel(
-            addresses,
-            sizes,
-            marker,
-            step_marker,
+            call.addresses,
+            call.sizes,
+            call.marker,
+            call.step_marker,
             float(group["lr"]),
             float(group["lr_decay"]),
             float(group["weight_decay"]),
             float(group["eps"]),
-            grad_factor,
+            call.grad_factor,
         )
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:

@@ -2,7 +2,6 @@
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.adam import adam as torch_adam
@@ -11,6 +10,7 @@ from torch.optim.optimizer import ParamsT
 from fastoptim.kernels.adam import adam_kernel
 from fastoptim.optimizer import (
     BaseOptimizer,
+    KernelCall,
     as_scalar,
     check_non_negative,
     check_tensor_lr,
@@ -99,24 +99,15 @@ class Adam(BaseOptimizer):
         adam_update(param, grad, self._state_of(param, group), group)
 
     def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
-        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+        return ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
 
-    def _launch_kernel(
-        self,
-        group: dict[str, Any],
-        addresses: np.ndarray,
-        sizes: np.ndarray,
-        marker: np.dtype,
-        step_marker: np.dtype,
-        grad_factor: float,
-        *extra: Any,
-    ) -> None:
+    def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         beta1, beta2 = (float(beta) for beta in group["betas"])
         adam_kernel(
-            addresses,
-            sizes,
-            marker,
-            step_marker,
+            call.addresses,
+            call.sizes,
+            call.marker,
+            call.step_marker,
             float(group["lr"]),
             beta1,
             beta2,
@@ -124,7 +115,7 @@ class Adam(BaseOptimizer):
             float(group["weight_decay"]),
             group["decoupled_weight_decay"],
             group["amsgrad"],
-            grad_factor,
+            call.grad_factor,
         )
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:

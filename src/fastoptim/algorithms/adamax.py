@@ -2,7 +2,6 @@
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.adamax import adamax as torch_adamax
@@ -11,6 +10,7 @@ from torch.optim.optimizer import ParamsT
 from fastoptim.kernels.adamax import adamax_kernel
 from fastoptim.optimizer import (
     BaseOptimizer,
+    KernelCall,
     as_scalar,
     check_non_negative,
     check_tensor_lr,
@@ -76,30 +76,21 @@ class Adamax(BaseOptimizer):
         adamax_update(param, grad, self._state_of(param, group), group)
 
     def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
-        return ["exp_avg", "exp_inf"]
+        return ["step", "exp_avg", "exp_inf"]
 
-    def _launch_kernel(
-        self,
-        group: dict[str, Any],
-        addresses: np.ndarray,
-        sizes: np.ndarray,
-        marker: np.dtype,
-        step_marker: np.dtype,
-        grad_factor: float,
-        *extra: Any,
-    ) -> None:
+    def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         beta1, beta2 = group["betas"]
         adamax_kernel(
-            addresses,
-            sizes,
-            marker,
-            step_marker,
+            call.addresses,
+            call.sizes,
+            call.marker,
+            call.step_marker,
             float(group["lr"]),
             float(beta1),
             float(beta2),
             float(group["eps"]),
             float(group["weight_decay"]),
-            grad_factor,
+            call.grad_factor,
         )
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:

@@ -2,7 +2,6 @@
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
@@ -11,6 +10,7 @@ from torch.optim.rmsprop import rmsprop as torch_rmsprop
 from fastoptim.kernels.rmsprop import rmsprop_kernel
 from fastoptim.optimizer import (
     BaseOptimizer,
+    KernelCall,
     as_scalar,
     check_non_negative,
     check_tensor_lr,
@@ -84,35 +84,26 @@ class RMSprop(BaseOptimizer):
         rmsprop_update(param, grad, self._state_of(param, group), group)
 
     def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
-        keys = ["square_avg"]
+        keys = ["step", "square_avg"]
         if group["momentum"] > 0:
             keys.append("momentum_buffer")
         if group["centered"]:
             keys.append("grad_avg")
         return keys
 
-    def _launch_kernel(
-        self,
-        group: dict[str, Any],
-        addresses: np.ndarray,
-        sizes: np.ndarray,
-        marker: np.dtype,
-        step_marker: np.dtype,
-        grad_factor: float,
-        *extra: Any,
-    ) -> None:
+    def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         rmsprop_kernel(
-            addresses,
-            sizes,
-            marker,
-            step_marker,
+            call.addresses,
+            call.sizes,
+            call.marker,
+            call.step_marker,
             float(group["lr"]),
             float(group["alpha"]),
             float(group["eps"]),
             float(group["weight_decay"]),
             float(group["momentum"]),
             group["centered"],
-            grad_factor,
+            call.grad_factor,
         )
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:

@@ -2,14 +2,19 @@
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 from torch.optim.sgd import sgd as torch_sgd
 
 from fastoptim.kernels.sgd import sgd_kernel
-from fastoptim.optimizer import BaseOptimizer, as_scalar, check_non_negative, check_tensor_lr
+from fastoptim.optimizer import (
+    BaseOptimizer,
+    KernelCall,
+    as_scalar,
+    check_non_negative,
+    check_tensor_lr,
+)
 
 
 class SGD(BaseOptimizer):
@@ -62,46 +67,26 @@ class SGD(BaseOptimizer):
     def _reference_step(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
         sgd_update(param, grad, self.state, group)
 
-    def _kernel_columns(
-        self, group: dict[str, Any], params: list[Tensor]
-    ) -> tuple[list[list[Tensor]], tuple[Any, ...]]:
-        """Rows param, grad and (with momentum) the buffers; new buffers are marked fresh."""
-        columns = [params, [p.grad for p in params]]
-        if group["momentum"] == 0:
-            return columns, (np.zeros(len(params), np.bool_),)
-        buffers, fresh = [], []
-        for param in params:
-            state = self.state[param]
-            fresh.append("momentum_buffer" not in state)
-            if fresh[-1]:
-                state["momentum_buffer"] = torch.empty_like(
-                    param, memory_format=torch.preserve_format
-                )
-            buffers.append(state["momentum_buffer"])
-        return [*columns, buffers], (np.array(fresh, np.bool_),)
+    def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        """The kernel's momentum buffer, filled with the first gradient by the kernel (fresh)."""
+        if group["momentum"] != 0:
+            state["momentum_buffer"] = torch.empty_like(param, memory_format=torch.preserve_format)
 
-    def _launch_kernel(
-        self,
-        group: dict[str, Any],
-        addresses: np.ndarray,
-        sizes: np.ndarray,
-        marker: np.dtype,
-        step_marker: np.dtype,
-        grad_factor: float,
-        *extra: Any,
-    ) -> None:
-        (fresh,) = extra
+    def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
+        return ["momentum_buffer"] if group["momentum"] != 0 else []
+
+    def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         sgd_kernel(
-            addresses,
-            sizes,
-            marker,
+            call.addresses,
+            call.sizes,
+            call.marker,
             float(group["lr"]),
             float(group["momentum"]),
             float(group["dampening"]),
             float(group["weight_decay"]),
             group["nesterov"],
-            grad_factor,
-            fresh,
+            call.grad_factor,
+            call.fresh,
         )
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
