@@ -49,7 +49,8 @@ class Run:
     """A kernel (fused=True) and a reference (fused=False) optimizer stepped on identical
     gradients, with the largest magnitude each reference tensor reached (keyed by parameter
     index and state key). Which parameter gets no gradient changes every 10 steps, so steps
-    both reuse a group's kernel layout and plan it anew. ``disruptions[step]`` is applied to
+    both reuse a group's kernel layout and plan it anew, and the fourth parameter gets its
+    first gradient on step 10. ``disruptions[step]`` is applied to
     both optimizers before that step."""
 
     def __init__(
@@ -73,7 +74,7 @@ class Run:
         for step in range(steps):
             pairs = zip(self.fused_params, self.reference_params, strict=True)
             for index, (a, b) in enumerate(pairs):
-                if (step // 10 + index) % 5 == 4:  # a rotating parameter gets no gradient
+                if (step // 10 + index) % 4 == 3:  # a rotating parameter gets no gradient
                     a.grad = b.grad = None
                     continue
                 grad = gradient_like(a, generator)
@@ -131,6 +132,11 @@ def replace_a_state_tensor(optimizer: torch.optim.Optimizer, params: list[torch.
     state[key] = state[key].clone()
 
 
+def replace_a_state_dict(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    state = optimizer.state[params[2]]
+    optimizer.state[params[2]] = {key: value.clone() for key, value in state.items()}
+
+
 def clear_the_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
     optimizer.state.clear()
 
@@ -148,6 +154,7 @@ def transpose_a_gradient(optimizer: torch.optim.Optimizer, params: list[torch.Te
     [
         replace_parameter_storage,
         replace_a_state_tensor,
+        replace_a_state_dict,
         clear_the_state,
         reload_the_state,
         transpose_a_gradient,

@@ -191,6 +191,7 @@ class BaseOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
         self._layouts: dict[int, GroupLayout] = {}
+        self._state_snapshot: list[dict[str, Any]] = []
         if defaults.get("fused"):
             if defaults["differentiable"]:
                 raise RuntimeError("`fused` does not support `differentiable`")
@@ -201,6 +202,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         """Restore pickled or loaded state; options missing from a group take their defaults."""
         super().__setstate__(state)
         self._layouts = {}
+        self._state_snapshot = []
         signature_defaults = {
             name: parameter.default
             for name, parameter in inspect.signature(type(self).__init__).parameters.items()
@@ -243,19 +245,25 @@ class BaseOptimizer(torch.optim.Optimizer):
         inv_scale = None if grad_scale is None else grad_scale.double().reciprocal().float()
         unscale = 1.0 if inv_scale is None else inv_scale.item()
         with torch.set_grad_enabled(self.defaults["differentiable"]):
-            plans = [self._plan(group) for group in self.param_groups]
+            snapshot = self._state_snapshot
+            same_states = len(snapshot) == len(self.state) and all(
+                map(operator.is_, self.state.values(), snapshot)
+            )
+            plans = [self._plan(group, same_states) for group in self.param_groups]
             for plan in plans:
                 calls = self._new_calls(plan) if plan.calls is None else plan.calls
                 for call in calls:
                     call.grad_factor = -unscale if plan.group["maximize"] else unscale
                     self._run_kernel(plan.group, call)
                 self._step_without_kernel(plan.group, plan.others, inv_scale)
+            self._state_snapshot = list(self.state.values())
         return loss
 
-    def _plan(self, group: dict[str, Any]) -> GroupPlan:
+    def _plan(self, group: dict[str, Any], same_states: bool) -> GroupPlan:
         """Check the group's parameters with a gradient and split them between the kernel
-        (batches of one dtype) and the other paths. Nothing is changed here."""
-        if group["fused"] is not False and not group["differentiable"]:
+        (batches of one dtype) and the other paths. Nothing is changed here. ``same_states``:
+        the state table holds the same per-parameter dicts as after the previous step."""
+        if same_states and group["fused"] is not False and not group["differentiable"]:
             reused = self._reuse_layout(group)
             if reused is not None:
                 return reused
@@ -293,7 +301,8 @@ class BaseOptimizer(torch.optim.Optimizer):
 
     def _reuse_layout(self, group: dict[str, Any]) -> GroupPlan | None:
         """The group's plan of its previous step with this step's gradient addresses, or None
-        when anything it depends on has changed (then the group is planned anew)."""
+        when anything it depends on has changed (then the group is planned anew). The caller
+        has checked that every parameter's state dict is the one of the previous step."""
         layout = self._layouts.get(id(group))
         group_params = group["params"]
         if (
@@ -316,11 +325,10 @@ class BaseOptimizer(torch.optim.Optimizer):
         for index, stride in layout.strided:
             grad = grads[index]
             laid_out[index] = grad.layout is torch.strided and grad.stride() == stride
-        states = [self.state[p] for p in params]
-        if not all(laid_out) or not all(map(operator.is_, states, layout.states)):
+        if not all(laid_out):
             return None
         for key, row in zip(layout.state_keys, layout.state_rows, strict=True):
-            if not all(map(operator.is_, [state.get(key) for state in states], row)):
+            if not all(map(operator.is_, [state.get(key) for state in layout.states], row)):
                 return None
         if not np.array_equal(addresses_of(params), layout.param_addresses):
             return None
