@@ -13,12 +13,24 @@ import operator
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from typing import Any, ClassVar
 
 import numba
 import numpy as np
 import torch
 from torch import Tensor
+
+from fastoptim.kernels.memory import QBLOCK
+from fastoptim.state import (
+    ABSMAX,
+    CODES,
+    INT8,
+    StateFormat,
+    check_state_options,
+    convert_buffer,
+    state_format,
+)
 
 # Device types on which torch's optimizers accept ``capturable=True``.
 CAPTURABLE_DEVICES = ["cuda", "xpu", "hpu", "privateuseone", "xla"]
@@ -33,6 +45,7 @@ KERNEL_MARKERS = {
     torch.complex128: np.dtype(np.float64),
 }
 STEP_MARKERS = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+STATE_MARKERS: dict[StateFormat, np.dtype] = {**KERNEL_MARKERS, INT8: np.dtype(np.int8)}
 
 # Numba's default thread pool serves one kernel at a time: Python threads take turns.
 KERNEL_LOCK = threading.Lock()
@@ -67,10 +80,11 @@ def as_scalar(value: float | Tensor) -> float | Tensor:
 
 @dataclass
 class KernelBatch:
-    """Parameters of one dtype (and step dtype) that one kernel call updates; ``indices`` are
-    their positions among the group's parameters with a gradient."""
+    """Parameters of one dtype, state format and step dtype that one kernel call updates;
+    ``indices`` are their positions among the group's parameters with a gradient."""
 
     dtype: torch.dtype
+    state_format: StateFormat
     step_dtype: torch.dtype
     params: list[Tensor] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
@@ -81,15 +95,38 @@ class KernelCall:
     """What a fused kernel needs besides the group's hyperparameters.
 
     ``addresses`` holds one column per tensor and one row per role: param, grad, then the
-    optimizer's ``_kernel_state_keys``. ``fresh`` marks tensors whose state this step created.
+    optimizer's ``_kernel_state_keys``; ``scales`` holds, in the same places, the addresses of
+    8-bit buffers' block scales. ``fresh`` marks tensors whose state this step created; ``key``
+    seeds the random bits of stochastic rounding.
     """
 
     addresses: np.ndarray
+    scales: np.ndarray
     sizes: np.ndarray
     marker: np.dtype
+    state_marker: np.dtype
     step_marker: np.dtype
     fresh: np.ndarray
     grad_factor: float = 1.0
+    key: int = 0
+    stochastic: bool = True
+
+    @property
+    def memory(self) -> tuple[np.ndarray, np.ndarray, int, bool]:
+        """The kernels' ``memory`` argument (see fastoptim.kernels.memory.open_buffer)."""
+        return self.addresses, self.scales, self.key, self.stochastic
+
+
+@dataclass
+class LaidOutBatch:
+    """One kernel call of a group's layout, with the state tensors its addresses point at
+    (``state_keys`` name them in each parameter's state dict)."""
+
+    indices: np.ndarray
+    call: KernelCall
+    states: list[dict[str, Any]]
+    state_keys: list[str]
+    state_tensors: list[list[Tensor]]
 
 
 @dataclass
@@ -117,10 +154,8 @@ class GroupLayout:
     params: list[Tensor]
     param_addresses: np.ndarray
     strided: list[tuple[int, tuple[int, ...]]]
-    states: list[dict[str, Any]]
-    state_keys: list[str]
-    state_rows: list[list[Tensor]]
-    calls: list[tuple[np.ndarray, KernelCall]] = field(default_factory=list)
+    kernel_keys: list[str]
+    batches: list[LaidOutBatch]
 
 
 def addresses_of(tensors: list[Tensor]) -> np.ndarray:
@@ -148,20 +183,37 @@ def kernel_blocker(param: Tensor) -> str | None:
     return None
 
 
-def state_blocker(param: Tensor, state: dict[str, Any], keys: list[str]) -> str | None:
-    """Why the kernel cannot use ``param``'s state tensors (dtype, size, layout), or None."""
-    missing = [key for key in keys if key not in state]
-    if state and missing:
-        return f"its state lacks {missing[0]!r}"
-    for key, value in state.items():
+def state_blocker(
+    param: Tensor, state: dict[str, Any], keys: list[str], target: StateFormat, signed: set[str]
+) -> str | None:
+    """Why the kernel cannot use ``param``'s state tensors (dtype, size, layout, or not kept
+    in format ``target``), or None. ``signed``: the buffers that take signed 8-bit codes."""
+    for key in keys:
         if key == "step":
-            if value.dtype not in STEP_MARKERS or not value.is_cpu or value.numel() != 1:
+            step = state.get(key)
+            usable = step is not None and step.is_cpu and step.numel() == 1
+            if not usable or step.dtype not in STEP_MARKERS:
                 return "its step counter is not a float32 or float64 CPU scalar"
-        elif isinstance(value, Tensor) and (
-            value.dtype is not param.dtype
-            or value.shape != param.shape
-            or value.stride() != param.stride()
-        ):
+            continue
+        if target == INT8:
+            codes, scales = state.get(key + CODES), state.get(key + ABSMAX)
+            code_dtype = torch.int8 if key in signed else torch.uint8
+            if codes is None or scales is None:
+                return f"its state lacks {key + CODES!r} or {key + ABSMAX!r}"
+            blocks = (param.numel() + QBLOCK - 1) // QBLOCK
+            if (
+                codes.dtype != code_dtype
+                or codes.shape != param.shape
+                or codes.stride() != param.stride()
+                or scales.dtype != torch.float32
+                or scales.shape != (blocks,)
+            ):
+                return f"its state {key + CODES!r} or {key + ABSMAX!r} has another layout"
+            continue
+        value = state.get(key)
+        if value is None:
+            return f"its state lacks {key!r}"
+        if value.dtype != target or value.shape != param.shape or value.stride() != param.stride():
             return f"its state {key!r} differs from it in dtype, shape or strides"
     return None
 
@@ -176,6 +228,17 @@ def is_dense(tensor: Tensor) -> bool:
     return True
 
 
+def check_kernel_for_state(options: dict[str, Any]) -> None:
+    """Compact state is updated only by the kernels: it rules out fused=False and
+    differentiable=True."""
+    state_dtype = options.get("state_dtype")
+    if state_dtype is not None and (options["fused"] is False or options["differentiable"]):
+        raise ValueError(
+            f"state_dtype={state_dtype!r} keeps state that only fastoptim's fused kernels "
+            "update: it needs fused=None or True and differentiable=False"
+        )
+
+
 class BaseOptimizer(torch.optim.Optimizer):
     """Param groups, lazy state and ``step()`` shared by the seven optimizers.
 
@@ -188,21 +251,37 @@ class BaseOptimizer(torch.optim.Optimizer):
     #: GradScaler hands over ``grad_scale`` and ``found_inf`` instead of unscaling (see step).
     _step_supports_amp_scaling = True
 
+    #: The state buffers ``state_dtype`` applies to, and those of them that are never negative
+    #: (kept as unsigned 8-bit codes).
+    state_buffers: ClassVar[tuple[str, ...]] = ()
+    non_negative_state: ClassVar[frozenset[str]] = frozenset()
+
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
-        super().__init__(params, defaults)
         self._layouts: dict[int, GroupLayout] = {}
         self._state_snapshot: list[dict[str, Any]] = []
+        self._rounding_seed = torch.initial_seed()
+        self._rounding_steps = 0
+        super().__init__(params, defaults)
         if defaults.get("fused"):
             if defaults["differentiable"]:
                 raise RuntimeError("`fused` does not support `differentiable`")
             if defaults.get("foreach"):
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group, after checking its compact-state options (see fastoptim.state)."""
+        options = {**self.defaults, **param_group}
+        check_state_options(options.get("state_dtype"), options.get("stochastic_rounding"))
+        check_kernel_for_state(options)
+        super().add_param_group(param_group)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore pickled or loaded state; options missing from a group take their defaults."""
         super().__setstate__(state)
         self._layouts = {}
         self._state_snapshot = []
+        self.__dict__.setdefault("_rounding_seed", torch.initial_seed())
+        self.__dict__.setdefault("_rounding_steps", 0)
         signature_defaults = {
             name: parameter.default
             for name, parameter in inspect.signature(type(self).__init__).parameters.items()
@@ -250,10 +329,15 @@ class BaseOptimizer(torch.optim.Optimizer):
                 map(operator.is_, self.state.values(), snapshot)
             )
             plans = [self._plan(group, same_states) for group in self.param_groups]
-            for plan in plans:
+            self._rounding_steps += 1
+            for group_index, plan in enumerate(plans):
                 calls = self._new_calls(plan) if plan.calls is None else plan.calls
-                for call in calls:
+                for call_index, call in enumerate(calls):
                     call.grad_factor = -unscale if plan.group["maximize"] else unscale
+                    call.stochastic = plan.group["stochastic_rounding"] is not False
+                    call.key = hash(
+                        (self._rounding_seed, self._rounding_steps, group_index, call_index)
+                    )
                     self._run_kernel(plan.group, call)
                 self._step_without_kernel(plan.group, plan.others, inv_scale)
             self._state_snapshot = list(self.state.values())
@@ -275,22 +359,31 @@ class BaseOptimizer(torch.optim.Optimizer):
                 "If capturable=True, params and state_steps must be on supported devices: "
                 f"{CAPTURABLE_DEVICES}."
             )
+        check_kernel_for_state(group)
         if group["fused"] is False or group["differentiable"] or not params:
             return GroupPlan(group, params, others=params)
         plan = GroupPlan(group, params)
-        batches: dict[tuple[torch.dtype, torch.dtype], KernelBatch] = {}
+        batches: dict[tuple[torch.dtype, StateFormat, torch.dtype], KernelBatch] = {}
         keys, default_step = self._kernel_state_keys(group), scalar_dtype()
+        signed = set(self.state_buffers) - self.non_negative_state
         for index, param in enumerate(params):
             state = self.state.get(param)
+            target = state_format(param, group["state_dtype"])
             blocker = kernel_blocker(param)
             if blocker is None and state:
-                blocker = state_blocker(param, state, keys)
+                blocker = state_blocker(param, state, keys, target, signed)
             if blocker is not None:
+                if group["state_dtype"] is not None:
+                    raise RuntimeError(
+                        f"state_dtype={group['state_dtype']!r} needs fastoptim's kernel, which "
+                        f"cannot update a parameter: {blocker}"
+                    )
                 if group["fused"] and param.is_cpu:
                     raise RuntimeError(f"fused=True cannot update a parameter: {blocker}")
                 plan.others.append(param)
                 continue
-            key = (param.dtype, state["step"].dtype if state and "step" in state else default_step)
+            step_dtype = state["step"].dtype if state and "step" in state else default_step
+            key = (param.dtype, target, step_dtype)
             batch = batches.get(key)
             if batch is None:
                 batch = batches[key] = KernelBatch(*key)
@@ -311,7 +404,7 @@ class BaseOptimizer(torch.optim.Optimizer):
             or layout.state_table is not self.state
             or len(group_params) != len(layout.without_grad)
             or not all(map(operator.is_, group_params, layout.group_params))
-            or self._kernel_state_keys(group) != layout.state_keys
+            or self._kernel_state_keys(group) != layout.kernel_keys
         ):
             return None
         grads = [p.grad for p in group_params]
@@ -327,54 +420,69 @@ class BaseOptimizer(torch.optim.Optimizer):
             laid_out[index] = grad.layout is torch.strided and grad.stride() == stride
         if not all(laid_out):
             return None
-        for key, row in zip(layout.state_keys, layout.state_rows, strict=True):
-            if not all(map(operator.is_, [state.get(key) for state in layout.states], row)):
-                return None
+        for batch in layout.batches:
+            for key, row in zip(batch.state_keys, batch.state_tensors, strict=True):
+                if not all(map(operator.is_, [state.get(key) for state in batch.states], row)):
+                    return None
         if not np.array_equal(addresses_of(params), layout.param_addresses):
             return None
         grad_addresses = addresses_of(grads)
         calls = []
-        for indices, call in layout.calls:
-            addresses = call.addresses.copy()
-            addresses[1] = grad_addresses[indices]
-            calls.append(replace(call, addresses=addresses))
+        for batch in layout.batches:
+            addresses = batch.call.addresses.copy()
+            addresses[1] = grad_addresses[batch.indices]
+            calls.append(replace(batch.call, addresses=addresses))
         return GroupPlan(group, params, calls=calls)
 
     def _new_calls(self, plan: GroupPlan) -> list[KernelCall]:
         """Create missing state and the kernel calls of a freshly planned group; remember them
         as the group's layout when the kernel covers the whole group."""
-        group, keys, calls = plan.group, self._kernel_state_keys(plan.group), []
+        group, keys = plan.group, self._kernel_state_keys(plan.group)
+        calls, laid_out = [], []
         for batch in plan.batches:
             fresh = np.array([not self.state.get(p) for p in batch.params], np.bool_)
             states = [self._state_of(p, group) for p in batch.params]
-            rows = [batch.params, [p.grad for p in batch.params]]
-            rows += [[state[key] for state in states] for key in keys]
+            quantized = [key != "step" and batch.state_format == INT8 for key in keys]
+            data_keys = [key + CODES if q else key for key, q in zip(keys, quantized, strict=True)]
+            scale_keys = [key + ABSMAX for key, q in zip(keys, quantized, strict=True) if q]
+            state_tensors = [[state[key] for state in states] for key in data_keys + scale_keys]
+            rows = [batch.params, [p.grad for p in batch.params], *state_tensors[: len(keys)]]
+            addresses = np.stack([addresses_of(row) for row in rows])
+            scales = np.zeros_like(addresses)
+            scale_rows = iter(state_tensors[len(keys) :])
+            for row, q in enumerate(quantized, start=2):
+                if q:
+                    scales[row] = addresses_of(next(scale_rows))
             sizes = np.array([p.numel() for p in batch.params], np.int64)
             if batch.dtype.is_complex:
                 sizes *= 2
-            addresses = np.stack([addresses_of(row) for row in rows])
-            marker, step_marker = KERNEL_MARKERS[batch.dtype], STEP_MARKERS[batch.step_dtype]
-            calls.append(KernelCall(addresses, sizes, marker, step_marker, fresh))
+            call = KernelCall(
+                addresses,
+                scales,
+                sizes,
+                KERNEL_MARKERS[batch.dtype],
+                STATE_MARKERS[batch.state_format],
+                STEP_MARKERS[batch.step_dtype],
+                fresh,
+            )
+            calls.append(call)
+            steady = replace(call, fresh=np.zeros_like(fresh))
+            indices = np.array(batch.indices)
+            laid_out.append(
+                LaidOutBatch(indices, steady, states, data_keys + scale_keys, state_tensors)
+            )
         if plan.batches and not plan.others:
             params = plan.params
-            states = [self.state[p] for p in params]
             self._layouts[id(group)] = GroupLayout(
                 group=group,
                 state_table=self.state,
                 group_params=list(group["params"]),
                 without_grad=[p.grad is None for p in group["params"]],
-                params=plan.params,
-                param_addresses=addresses_of(plan.params),
-                strided=[
-                    (i, p.stride()) for i, p in enumerate(plan.params) if not p.is_contiguous()
-                ],
-                states=states,
-                state_keys=keys,
-                state_rows=[[state[key] for state in states] for key in keys],
-                calls=[
-                    (np.array(batch.indices), replace(call, fresh=np.zeros_like(call.fresh)))
-                    for batch, call in zip(plan.batches, calls, strict=True)
-                ],
+                params=params,
+                param_addresses=addresses_of(params),
+                strided=[(i, p.stride()) for i, p in enumerate(params) if not p.is_contiguous()],
+                kernel_keys=keys,
+                batches=laid_out,
             )
         return calls
 
@@ -397,11 +505,48 @@ class BaseOptimizer(torch.optim.Optimizer):
             self._torch_step(group, [params[i] for i in elsewhere], [grads[i] for i in elsewhere])
 
     def _state_of(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        """The state of ``param``, created on first use."""
+        """The state of ``param``, created on first use (in the group's state format)."""
         state = self.state[param]
         if not state:
             self._init_state(param, group, state)
+            self._convert_state(param, group, state)
         return state
+
+    def _convert_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        """Keep ``param``'s buffers in the format its group's ``state_dtype`` asks for."""
+        target = state_format(param, group["state_dtype"])
+        for key in self.state_buffers:
+            convert_buffer(state, key, target, signed=key not in self.non_negative_state)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of fastoptim or torch.optim, converting each buffer to the format
+        of this optimizer's ``state_dtype`` (8-bit codes and scales load back exactly)."""
+        compact_keys = (CODES, ABSMAX)
+        saved = state_dict["state"]
+        compact = {
+            param_id: {k: v for k, v in s.items() if str(k).endswith(compact_keys)}
+            for param_id, s in saved.items()
+            if isinstance(s, dict)
+        }
+        if any(compact.values()):
+            # torch.optim casts floating state to each parameter's dtype: codes and scales
+            # stay out of that and are put back after.
+            stripped = {
+                param_id: {k: v for k, v in s.items() if k not in compact.get(param_id, {})}
+                for param_id, s in saved.items()
+            }
+            state_dict = {**state_dict, "state": stripped}
+        super().load_state_dict(state_dict)
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for param_id, param in zip(saved_ids, params, strict=True):
+            entries = compact.get(param_id)
+            if entries:
+                self.state[param].update({k: v.to(param.device) for k, v in entries.items()})
+        for group in self.param_groups:
+            for param in group["params"]:
+                if self.state.get(param):
+                    self._convert_state(param, group, self.state[param])
 
     def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """Fill the empty ``state`` of ``param`` with the optimizer's initial buffers."""

@@ -34,6 +34,9 @@ class Adadelta(BaseOptimizer):
 
     sparse_grad_error = "Adadelta does not support sparse gradients"
 
+    state_buffers = ("square_avg", "acc_delta")
+    non_negative_state = frozenset(("square_avg", "acc_delta"))
+
     def __init__(
         self,
         params: ParamsT,
@@ -47,6 +50,8 @@ class Adadelta(BaseOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
+        stochastic_rounding: bool | None = None,
     ) -> None:
         check_tensor_lr(lr)
         check_non_negative(lr, "learning rate")
@@ -64,6 +69,8 @@ class Adadelta(BaseOptimizer):
             "foreach": foreach,
             "differentiable": differentiable,
             "fused": fused,
+            "state_dtype": state_dtype,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 
@@ -80,9 +87,10 @@ class Adadelta(BaseOptimizer):
 
     def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         adadelta_kernel(
-            call.addresses,
+            call.memory,
             call.sizes,
             call.marker,
+            call.state_marker,
             call.step_marker,
             float(group["lr"]),
             float(group["rho"]),

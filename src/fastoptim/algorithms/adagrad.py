@@ -32,6 +32,9 @@ class Adagrad(BaseOptimizer):
     in the constructor, and the constructor's ``initial_accumulator_value`` is the one used.
     """
 
+    state_buffers = ("sum",)
+    non_negative_state = frozenset(("sum",))
+
     def __init__(
         self,
         params: ParamsT,
@@ -45,6 +48,8 @@ class Adagrad(BaseOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
+        stochastic_rounding: bool | None = None,
     ) -> None:
         check_tensor_lr(lr)
         check_non_negative(lr, "learning rate")
@@ -62,11 +67,13 @@ class Adagrad(BaseOptimizer):
             "maximize": maximize,
             "differentiable": differentiable,
             "fused": fused,
+            "state_dtype": state_dtype,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
         for group in self.param_groups:
             for param in group["params"]:
-                self._init_state(param, group, self.state[param])
+                self._state_of(param, group)
 
     def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         start = self.defaults["initial_accumulator_value"]
@@ -89,9 +96,10 @@ class Adagrad(BaseOptimizer):
 
     def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         adagrad_kernel(
-            call.addresses,
+            call.memory,
             call.sizes,
             call.marker,
+            call.state_marker,
             call.step_marker,
             float(group["lr"]),
             float(group["lr_decay"]),

@@ -31,6 +31,9 @@ class Adam(BaseOptimizer):
 
     sparse_grad_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
 
+    state_buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    non_negative_state = frozenset(("exp_avg_sq", "max_exp_avg_sq"))
+
     def __init__(
         self,
         params: ParamsT,
@@ -46,6 +49,8 @@ class Adam(BaseOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        state_dtype: torch.dtype | str | None = None,
+        stochastic_rounding: bool | None = None,
     ) -> None:
         if isinstance(lr, Tensor):
             if foreach and not capturable:
@@ -85,6 +90,8 @@ class Adam(BaseOptimizer):
             "differentiable": differentiable,
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
+            "state_dtype": state_dtype,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 
@@ -104,9 +111,10 @@ class Adam(BaseOptimizer):
     def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         beta1, beta2 = (float(beta) for beta in group["betas"])
         adam_kernel(
-            call.addresses,
+            call.memory,
             call.sizes,
             call.marker,
+            call.state_marker,
             call.step_marker,
             float(group["lr"]),
             beta1,

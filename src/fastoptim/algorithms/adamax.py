@@ -33,6 +33,9 @@ class Adamax(BaseOptimizer):
 
     sparse_grad_error = "Adamax does not support sparse gradients"
 
+    state_buffers = ("exp_avg", "exp_inf")
+    non_negative_state = frozenset(("exp_inf",))
+
     def __init__(
         self,
         params: ParamsT,
@@ -46,6 +49,8 @@ class Adamax(BaseOptimizer):
         differentiable: bool = False,
         capturable: bool = False,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
+        stochastic_rounding: bool | None = None,
     ) -> None:
         check_tensor_lr(lr)
         check_non_negative(lr, "learning rate")
@@ -64,6 +69,8 @@ class Adamax(BaseOptimizer):
             "differentiable": differentiable,
             "capturable": capturable,
             "fused": fused,
+            "state_dtype": state_dtype,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 
@@ -81,9 +88,10 @@ class Adamax(BaseOptimizer):
     def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         beta1, beta2 = group["betas"]
         adamax_kernel(
-            call.addresses,
+            call.memory,
             call.sizes,
             call.marker,
+            call.state_marker,
             call.step_marker,
             float(group["lr"]),
             float(beta1),

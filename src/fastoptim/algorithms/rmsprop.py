@@ -35,6 +35,9 @@ class RMSprop(BaseOptimizer):
 
     sparse_grad_error = "RMSprop does not support sparse gradients"
 
+    state_buffers = ("square_avg", "momentum_buffer", "grad_avg")
+    non_negative_state = frozenset(("square_avg",))
+
     def __init__(
         self,
         params: ParamsT,
@@ -50,6 +53,8 @@ class RMSprop(BaseOptimizer):
         differentiable: bool = False,
         *,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
+        stochastic_rounding: bool | None = None,
     ) -> None:
         check_tensor_lr(lr)
         check_non_negative(lr, "learning rate")
@@ -69,6 +74,8 @@ class RMSprop(BaseOptimizer):
             "maximize": maximize,
             "differentiable": differentiable,
             "fused": fused,
+            "state_dtype": state_dtype,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 
@@ -93,9 +100,10 @@ class RMSprop(BaseOptimizer):
 
     def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         rmsprop_kernel(
-            call.addresses,
+            call.memory,
             call.sizes,
             call.marker,
+            call.state_marker,
             call.step_marker,
             float(group["lr"]),
             float(group["alpha"]),

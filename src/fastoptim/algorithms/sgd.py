@@ -31,6 +31,8 @@ class SGD(BaseOptimizer):
     The momentum buffer ``b`` exists only when ``momentum != 0``; SGD keeps no ``step``.
     """
 
+    state_buffers = ("momentum_buffer",)
+
     def __init__(
         self,
         params: ParamsT,
@@ -44,6 +46,8 @@ class SGD(BaseOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
+        stochastic_rounding: bool | None = None,
     ) -> None:
         check_tensor_lr(lr)
         check_non_negative(lr, "learning rate")
@@ -61,6 +65,8 @@ class SGD(BaseOptimizer):
             "foreach": foreach,
             "differentiable": differentiable,
             "fused": fused,
+            "state_dtype": state_dtype,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 
@@ -68,18 +74,19 @@ class SGD(BaseOptimizer):
         sgd_update(param, grad, self.state, group)
 
     def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-        """The kernel's momentum buffer, filled with the first gradient by the kernel (fresh)."""
+        """The kernel's momentum buffer, set to the first gradient by the kernel (fresh)."""
         if group["momentum"] != 0:
-            state["momentum_buffer"] = torch.empty_like(param, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
     def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
         return ["momentum_buffer"] if group["momentum"] != 0 else []
 
     def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         sgd_kernel(
-            call.addresses,
+            call.memory,
             call.sizes,
             call.marker,
+            call.state_marker,
             float(group["lr"]),
             float(group["momentum"]),
             float(group["dampening"]),

@@ -3,18 +3,30 @@
 import numpy as np
 from numba import prange
 
-from fastoptim.kernels.memory import chunks_of, compute, encode, kernel, load, view
+from fastoptim.kernels.memory import (
+    block_size,
+    chunks_of,
+    compute,
+    finish,
+    kernel,
+    load,
+    open_buffer,
+    store,
+    unsigned,
+    view,
+)
 
 
 @kernel
 def adadelta_kernel(  # type: ignore[no-untyped-def]
-    addresses, sizes, marker, step_marker, lr, rho, eps, weight_decay, grad_factor
+    memory, sizes, marker, state_marker, step_marker, lr, rho, eps, weight_decay, grad_factor
 ):
-    """Adadelta over the tensors whose addresses are the columns of ``addresses``.
+    """Adadelta over the tensors whose addresses are the columns of ``memory[0]``.
 
     Rows: param, grad, step, square_avg, acc_delta. ``grad_factor``: -1 for maximize, times
     1/grad_scale.
     """
+    addresses = memory[0]
     for tensor in range(sizes.shape[0]):
         view(addresses[2, tensor], 1, step_marker)[0] += 1
 
@@ -24,19 +36,25 @@ def adadelta_kernel(  # type: ignore[no-untyped-def]
     keep, weight = compute(rho, marker), compute(1.0 - rho, marker)
     epsilon = compute(eps, marker)
     neg_lr = compute(-lr, marker)
+    square_marker = unsigned(state_marker)
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        param = view(addresses[0, tensor], stop, marker)[start:stop]
-        grad = view(addresses[1, tensor], stop, marker)[start:stop]
-        square_avg = view(addresses[3, tensor], stop, marker)[start:stop]
-        acc_delta = view(addresses[4, tensor], stop, marker)[start:stop]
-        for i in range(stop - start):
-            g = load(grad, i) * factor
-            p = load(param, i)
-            g = g + decay * p if l2 else g
-            v = load(square_avg, i) * keep + weight * g * g
-            delta = np.sqrt(load(acc_delta, i) + epsilon) / np.sqrt(v + epsilon) * g
-            square_avg[i] = encode(v, square_avg)
-            acc_delta[i] = encode(load(acc_delta, i) * keep + weight * delta * delta, acc_delta)
-            param[i] = encode(p + neg_lr * delta, param)
+        for first in range(start, stop, block_size(state_marker)):
+            last = min(first + block_size(state_marker), stop)
+            param = open_buffer(memory, 0, tensor, first, last, marker)
+            grad = view(addresses[1, tensor], last, marker)[first:last]
+            square_avg = open_buffer(memory, 3, tensor, first, last, square_marker)
+            acc_delta = open_buffer(memory, 4, tensor, first, last, square_marker)
+            for i in range(last - first):
+                g = load(grad, i) * factor
+                p = load(param, i)
+                g = g + decay * p if l2 else g
+                v = load(square_avg, i) * keep + weight * g * g
+                a = load(acc_delta, i)
+                delta = np.sqrt(a + epsilon) / np.sqrt(v + epsilon) * g
+                store(square_avg, i, v)
+                store(acc_delta, i, a * keep + weight * delta * delta)
+                store(param, i, p + neg_lr * delta)
+            finish(square_avg)
+            finish(acc_delta)

@@ -3,17 +3,29 @@
 import numpy as np
 from numba import prange
 
-from fastoptim.kernels.memory import chunks_of, compute, encode, kernel, load, view
+from fastoptim.kernels.memory import (
+    block_size,
+    chunks_of,
+    compute,
+    finish,
+    kernel,
+    load,
+    open_buffer,
+    store,
+    unsigned,
+    view,
+)
 
 
 @kernel
 def adagrad_kernel(  # type: ignore[no-untyped-def]
-    addresses, sizes, marker, step_marker, lr, lr_decay, weight_decay, eps, grad_factor
+    memory, sizes, marker, state_marker, step_marker, lr, lr_decay, weight_decay, eps, grad_factor
 ):
-    """Adagrad over the tensors whose addresses are the columns of ``addresses``.
+    """Adagrad over the tensors whose addresses are the columns of ``memory[0]``.
 
     Rows: param, grad, step, sum. ``grad_factor``: -1 for maximize, times 1/grad_scale.
     """
+    addresses = memory[0]
     count = sizes.shape[0]
     neg_clrs = np.empty(count)
     for tensor in range(count):
@@ -28,14 +40,17 @@ def adagrad_kernel(  # type: ignore[no-untyped-def]
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        param = view(addresses[0, tensor], stop, marker)[start:stop]
-        grad = view(addresses[1, tensor], stop, marker)[start:stop]
-        total = view(addresses[3, tensor], stop, marker)[start:stop]
         neg_clr = compute(neg_clrs[tensor], marker)
-        for i in range(stop - start):
-            g = load(grad, i) * factor
-            p = load(param, i)
-            g = g + decay * p if l2 else g
-            s = load(total, i) + g * g
-            total[i] = encode(s, total)
-            param[i] = encode(p + neg_clr * g / (np.sqrt(s) + epsilon), param)
+        for first in range(start, stop, block_size(state_marker)):
+            last = min(first + block_size(state_marker), stop)
+            param = open_buffer(memory, 0, tensor, first, last, marker)
+            grad = view(addresses[1, tensor], last, marker)[first:last]
+            total = open_buffer(memory, 3, tensor, first, last, unsigned(state_marker))
+            for i in range(last - first):
+                g = load(grad, i) * factor
+                p = load(param, i)
+                g = g + decay * p if l2 else g
+                s = load(total, i) + g * g
+                store(total, i, s)
+                store(param, i, p + neg_clr * g / (np.sqrt(s) + epsilon))
+            finish(total)

@@ -3,7 +3,20 @@
 import numpy as np
 from numba import njit, prange
 
-from fastoptim.kernels.memory import chunks_of, compute, encode, kernel, lerp, load, maximum, view
+from fastoptim.kernels.memory import (
+    block_size,
+    chunks_of,
+    compute,
+    finish,
+    kernel,
+    lerp,
+    load,
+    maximum,
+    open_buffer,
+    store,
+    unsigned,
+    view,
+)
 
 
 @njit(inline="always")
@@ -18,16 +31,17 @@ def moments(param, grad, exp_avg, exp_avg_sq, i, c):  # type: ignore[no-untyped-
     g = g + decay * p if l2 else g
     m = lerp(load(exp_avg, i), g, weight1, keep1)
     v = load(exp_avg_sq, i) * keep2 + weight2 * g * g
-    exp_avg[i] = encode(m, exp_avg)
-    exp_avg_sq[i] = encode(v, exp_avg_sq)
+    store(exp_avg, i, m)
+    store(exp_avg_sq, i, v)
     return p, m, v
 
 
 @kernel
 def adam_kernel(  # type: ignore[no-untyped-def]
-    addresses,
+    memory,
     sizes,
     marker,
+    state_marker,
     step_marker,
     lr,
     beta1,
@@ -38,11 +52,12 @@ def adam_kernel(  # type: ignore[no-untyped-def]
     amsgrad,
     grad_factor,
 ):
-    """Adam over the tensors whose addresses are the columns of ``addresses``.
+    """Adam over the tensors whose addresses are the columns of ``memory[0]``.
 
     Rows: param, grad, step, exp_avg, exp_avg_sq, and max_exp_avg_sq with amsgrad.
     ``grad_factor`` multiplies every gradient: -1 for maximize, times 1/grad_scale.
     """
+    addresses = memory[0]
     count = sizes.shape[0]
     step_sizes = np.empty(count)
     bias_correction2_sqrts = np.empty(count)
@@ -64,25 +79,31 @@ def adam_kernel(  # type: ignore[no-untyped-def]
         compute(1.0 - beta2, marker),
     )
     epsilon = compute(eps, marker)
+    square_marker = unsigned(state_marker)
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        param = view(addresses[0, tensor], stop, marker)[start:stop]
-        grad = view(addresses[1, tensor], stop, marker)[start:stop]
-        exp_avg = view(addresses[3, tensor], stop, marker)[start:stop]
-        exp_avg_sq = view(addresses[4, tensor], stop, marker)[start:stop]
         neg_step_size = compute(-step_sizes[tensor], marker)
         bias_correction2_sqrt = compute(bias_correction2_sqrts[tensor], marker)
-        if amsgrad:
-            max_exp_avg_sq = view(addresses[5, tensor], stop, marker)[start:stop]
-            for i in range(stop - start):
-                p, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
-                v = maximum(load(max_exp_avg_sq, i), v)
-                max_exp_avg_sq[i] = encode(v, max_exp_avg_sq)
-                denom = np.sqrt(v) / bias_correction2_sqrt + epsilon
-                param[i] = encode(p + neg_step_size * m / denom, param)
-        else:
-            for i in range(stop - start):
-                p, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
-                denom = np.sqrt(v) / bias_correction2_sqrt + epsilon
-                param[i] = encode(p + neg_step_size * m / denom, param)
+        for first in range(start, stop, block_size(state_marker)):
+            last = min(first + block_size(state_marker), stop)
+            param = open_buffer(memory, 0, tensor, first, last, marker)
+            grad = view(addresses[1, tensor], last, marker)[first:last]
+            exp_avg = open_buffer(memory, 3, tensor, first, last, state_marker)
+            exp_avg_sq = open_buffer(memory, 4, tensor, first, last, square_marker)
+            if amsgrad:
+                max_exp_avg_sq = open_buffer(memory, 5, tensor, first, last, square_marker)
+                for i in range(last - first):
+                    p, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
+                    v = maximum(load(max_exp_avg_sq, i), v)
+                    store(max_exp_avg_sq, i, v)
+                    denom = np.sqrt(v) / bias_correction2_sqrt + epsilon
+                    store(param, i, p + neg_step_size * m / denom)
+                finish(max_exp_avg_sq)
+            else:
+                for i in range(last - first):
+                    p, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
+                    denom = np.sqrt(v) / bias_correction2_sqrt + epsilon
+                    store(param, i, p + neg_step_size * m / denom)
+            finish(exp_avg)
+            finish(exp_avg_sq)

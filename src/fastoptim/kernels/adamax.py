@@ -3,18 +3,42 @@
 import numpy as np
 from numba import prange
 
-from fastoptim.kernels.memory import chunks_of, compute, encode, kernel, lerp, load, maximum, view
+from fastoptim.kernels.memory import (
+    block_size,
+    chunks_of,
+    compute,
+    finish,
+    kernel,
+    lerp,
+    load,
+    maximum,
+    open_buffer,
+    store,
+    unsigned,
+    view,
+)
 
 
 @kernel
 def adamax_kernel(  # type: ignore[no-untyped-def]
-    addresses, sizes, marker, step_marker, lr, beta1, beta2, eps, weight_decay, grad_factor
+    memory,
+    sizes,
+    marker,
+    state_marker,
+    step_marker,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    grad_factor,
 ):
-    """Adamax over the tensors whose addresses are the columns of ``addresses``.
+    """Adamax over the tensors whose addresses are the columns of ``memory[0]``.
 
     Rows: param, grad, step, exp_avg, exp_inf. ``grad_factor``: -1 for maximize, times
     1/grad_scale.
     """
+    addresses = memory[0]
     count = sizes.shape[0]
     neg_clrs = np.empty(count)
     for tensor in range(count):
@@ -31,17 +55,21 @@ def adamax_kernel(  # type: ignore[no-untyped-def]
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        param = view(addresses[0, tensor], stop, marker)[start:stop]
-        grad = view(addresses[1, tensor], stop, marker)[start:stop]
-        exp_avg = view(addresses[3, tensor], stop, marker)[start:stop]
-        exp_inf = view(addresses[4, tensor], stop, marker)[start:stop]
         neg_clr = compute(neg_clrs[tensor], marker)
-        for i in range(stop - start):
-            g = load(grad, i) * factor
-            p = load(param, i)
-            g = g + decay * p if l2 else g
-            m = lerp(load(exp_avg, i), g, weight1, keep1)
-            u = maximum(load(exp_inf, i) * keep2, np.abs(g) + epsilon)
-            exp_avg[i] = encode(m, exp_avg)
-            exp_inf[i] = encode(u, exp_inf)
-            param[i] = encode(p + neg_clr * m / u, param)
+        for first in range(start, stop, block_size(state_marker)):
+            last = min(first + block_size(state_marker), stop)
+            param = open_buffer(memory, 0, tensor, first, last, marker)
+            grad = view(addresses[1, tensor], last, marker)[first:last]
+            exp_avg = open_buffer(memory, 3, tensor, first, last, state_marker)
+            exp_inf = open_buffer(memory, 4, tensor, first, last, unsigned(state_marker))
+            for i in range(last - first):
+                g = load(grad, i) * factor
+                p = load(param, i)
+                g = g + decay * p if l2 else g
+                m = lerp(load(exp_avg, i), g, weight1, keep1)
+                u = maximum(load(exp_inf, i) * keep2, np.abs(g) + epsilon)
+                store(exp_avg, i, m)
+                store(exp_inf, i, u)
+                store(param, i, p + neg_clr * m / u)
+            finish(exp_avg)
+            finish(exp_inf)

@@ -1,13 +1,33 @@
-"""Shared kernel helpers: raw tensor memory as NumPy views, bfloat16 conversion, chunking.
+"""Shared kernel helpers: raw tensor memory as buffers, bfloat16 and 8-bit codes, chunking.
 
 Kernels receive tensors as int64 addresses (``tensor.data_ptr()``) and element counts, so one
 call can cover every tensor of a param group. Storage types are given by a dtype marker:
-``float32``, ``float64``, or ``uint16`` for bfloat16 (converted to and from float32 here).
-Arithmetic runs in the compute type of the marker: float64 for float64, float32 otherwise.
+``float32``, ``float64``, ``uint16`` for bfloat16, or ``int8`` for blockwise 8-bit codes.
+Arithmetic runs in the compute type of the parameters' marker: float64 for float64, float32
+otherwise.
+
+A kernel opens each tensor's block of elements as a buffer (``open_buffer``), reads it with
+``load(buffer, i)``, writes with ``store(buffer, i, value)`` and ends the block with
+``finish(buffer)``:
+
+- float32/float64: a plain array view.
+- bfloat16: ``Rounded``; values are rounded to bfloat16 to nearest (ties to even) or, with
+  ``stochastic``, up or down with probabilities given by the distance (unbiased).
+- 8-bit: ``Quantized``, a block of at most ``QBLOCK`` codes and the block's absmax scale.
+  ``store`` stages the new values; ``finish`` sets the block's scale to their largest
+  magnitude and encodes each value divided by it as an 8-bit float: signed codes (int8) have a
+  sign bit, 4 exponent and 3 mantissa bits, down to 2^-14 of the scale with subnormals below;
+  unsigned codes (uint8, for non-negative state such as squared averages) have 5 exponent and
+  3 mantissa bits, down to 2^-30. Each code is within 6.25% (nearest) or one code step
+  (stochastic) of the value.
+
+Random bits for stochastic rounding are a hash of (call key, tensor, buffer row, element
+index): reproducible, independent of the thread count.
 """
 
 import os
 import types as pytypes
+from collections import namedtuple
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +39,12 @@ from numba.extending import intrinsic, overload
 
 # Elements per unit of parallel work: large tensors are split so all threads share them.
 CHUNK = 1 << 16
+
+# Elements per absmax scale of 8-bit state; CHUNK is a multiple of it.
+QBLOCK = 256
+
+Rounded = namedtuple("Rounded", ["bits", "key", "offset", "stochastic"])
+Quantized = namedtuple("Quantized", ["codes", "scale", "staged", "key", "offset", "stochastic"])
 
 BFLOAT16 = np.dtype(np.uint16)
 
@@ -73,12 +99,195 @@ def float32_to_bfloat16(value):  # type: ignore[no-untyped-def]
     return np.uint16(0x7FC0) if value != value else np.uint16(bits >> np.uint32(16))
 
 
+@njit(inline="always")
+def random_bits(key, index):  # type: ignore[no-untyped-def]
+    """32 well-mixed bits from ``key`` (uint32) and an element index."""
+    # Numba widens integer arithmetic to 64 bits: every step is cut back to 32.
+    x = np.uint32(np.uint32(key) ^ np.uint32((index & 0xFFFFFFFF) * 0x9E3779B1 & 0xFFFFFFFF))
+    x = np.uint32(x ^ (x >> 16))
+    x = np.uint32((x * 0x7FEB352D) & 0xFFFFFFFF)
+    x = np.uint32(x ^ (x >> 15))
+    x = np.uint32((x * 0x846CA68B) & 0xFFFFFFFF)
+    return np.uint32(x ^ (x >> 16))
+
+
+@njit(inline="always")
+def round_to_bfloat16(value, stochastic, bits):  # type: ignore[no-untyped-def]
+    """A float32 as bfloat16 bits: to nearest (ties to even), or stochastically using the low
+    16 of the random ``bits``. NaN stays NaN."""
+    raw = _float32_to_bits(np.float32(value))
+    nearest = ((raw >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)
+    raw += (bits & np.uint32(0xFFFF)) if stochastic else nearest
+    return np.uint16(0x7FC0) if value != value else np.uint16(raw >> np.uint32(16))
+
+
+@njit(inline="always")
+def _code_magnitude(code, bias, subnormal_step):  # type: ignore[no-untyped-def]
+    """The value in [0, 1.875] of an 8-bit float magnitude ``code`` (see the module text)."""
+    normal = _bits_to_float32((np.uint32(code) + np.uint32(bias)) << np.uint32(20))
+    return np.float32(code) * np.float32(subnormal_step) if code < 8 else normal
+
+
+@njit(inline="always")
+def _encode_magnitude(y, bias, subnormal_step, stochastic, bits):  # type: ignore[no-untyped-def]
+    """The 8-bit float code of ``y`` in [0, 1], rounded to nearest or stochastically."""
+    raw = _float32_to_bits(np.float32(y))
+    normal = (raw + ((bits >> np.uint32(12)) if stochastic else np.uint32(1 << 19))) >> 20
+    fraction = np.float32(bits >> np.uint32(8)) * np.float32(2.0**-24) if stochastic else 0.5
+    subnormal = np.uint32(np.float32(y) / np.float32(subnormal_step) + np.float32(fraction))
+    return subnormal if y < 8 * subnormal_step else normal - np.uint32(bias)
+
+
+def decode(code):  # type: ignore[no-untyped-def]
+    """An 8-bit code as a float32 in [-1.875, 1.875] (int8: signed; uint8: unsigned)."""
+
+
+@overload(decode, inline="always")
+def _decode(code):  # type: ignore[no-untyped-def]
+    if code == types.uint8:
+        return lambda code: _code_magnitude(code, 768, 2.0**-33)
+
+    def signed(code):  # type: ignore[no-untyped-def]
+        magnitude = _code_magnitude(np.uint8(abs(np.int32(code))), 896, 2.0**-17)
+        return -magnitude if code < 0 else magnitude
+
+    return signed
+
+
+def encode_code(y, codes, stochastic, bits):  # type: ignore[no-untyped-def]
+    """``y`` in [-1, 1] as a code of ``codes``' type (uint8 codes take y >= 0)."""
+
+
+@overload(encode_code, inline="always")
+def _encode_code(y, codes, stochastic, bits):  # type: ignore[no-untyped-def]
+    if codes.dtype == types.uint8:
+        return lambda y, codes, stochastic, bits: np.uint8(
+            _encode_magnitude(y, 768, 2.0**-33, stochastic, bits)
+        )
+
+    def signed(y, codes, stochastic, bits):  # type: ignore[no-untyped-def]
+        magnitude = np.int8(_encode_magnitude(abs(y), 896, 2.0**-17, stochastic, bits))
+        return -magnitude if y < 0 else magnitude
+
+    return signed
+
+
+def open_buffer(memory, row, tensor, first, last, marker):  # type: ignore[no-untyped-def]
+    """Elements ``first:last`` of the tensor in column ``tensor``, row ``row`` of a kernel's
+    ``memory`` (addresses, 8-bit scale addresses, random key, stochastic rounding), as a
+    buffer of storage type ``marker``."""
+
+
+@overload(open_buffer, inline="always")
+def _open_buffer(memory, row, tensor, first, last, marker):  # type: ignore[no-untyped-def]
+    if marker.dtype in (types.int8, types.uint8):
+
+        def quantized(memory, row, tensor, first, last, marker):  # type: ignore[no-untyped-def]
+            addresses, scales, key, stochastic = memory
+            codes = view(addresses[row, tensor], last, marker)[first:last]
+            scale = view(scales[row, tensor] + (first // QBLOCK) * 4, 1, np.float32)
+            staged = np.empty(last - first, np.float32)
+            tensor_key = random_bits(key, tensor * 0x10001 + row * 0x1000193)
+            return Quantized(codes, scale, staged, tensor_key, first, stochastic)
+
+        return quantized
+    if marker.dtype == types.uint16:
+
+        def rounded(memory, row, tensor, first, last, marker):  # type: ignore[no-untyped-def]
+            addresses, _, key, stochastic = memory
+            bits = view(addresses[row, tensor], last, marker)[first:last]
+            tensor_key = random_bits(key, tensor * 0x10001 + row * 0x1000193)
+            return Rounded(bits, tensor_key, first, stochastic)
+
+        return rounded
+    return lambda memory, row, tensor, first, last, marker: view(
+        memory[0][row, tensor], last, marker
+    )[first:last]
+
+
+def unsigned(marker):  # type: ignore[no-untyped-def]
+    """The marker for non-negative state: uint8 codes for 8-bit state, else ``marker``."""
+
+
+@overload(unsigned, inline="always")
+def _unsigned(marker):  # type: ignore[no-untyped-def]
+    if marker.dtype == types.int8:
+        return lambda marker: np.uint8
+    return lambda marker: marker
+
+
+def block_size(marker):  # type: ignore[no-untyped-def]
+    """Elements a kernel handles between ``finish`` calls for state of storage ``marker``."""
+
+
+@overload(block_size, inline="always")
+def _block_size(marker):  # type: ignore[no-untyped-def]
+    if marker.dtype == types.int8:
+        return lambda marker: QBLOCK
+    return lambda marker: CHUNK
+
+
+def store(buffer, index, value):  # type: ignore[no-untyped-def]
+    """Write a compute-type ``value`` to element ``index`` of ``buffer``."""
+
+
+# Not inlined at Numba level: an inlined overload that writes through a namedtuple member
+# loses the write (Numba 0.68). LLVM still inlines it.
+@overload(store)
+def _store(buffer, index, value):  # type: ignore[no-untyped-def]
+    if isinstance(buffer, types.BaseNamedTuple) and buffer.instance_class is Quantized:
+
+        def staged(buffer, index, value):  # type: ignore[no-untyped-def]
+            buffer.staged[index] = value
+
+        return staged
+    if isinstance(buffer, types.BaseNamedTuple) and buffer.instance_class is Rounded:
+
+        def rounded(buffer, index, value):  # type: ignore[no-untyped-def]
+            bits = random_bits(buffer.key, buffer.offset + index)
+            buffer.bits[index] = round_to_bfloat16(value, buffer.stochastic, bits)
+
+        return rounded
+
+    def plain(buffer, index, value):  # type: ignore[no-untyped-def]
+        buffer[index] = value
+
+    return plain
+
+
+def finish(buffer):  # type: ignore[no-untyped-def]
+    """End a block: 8-bit buffers take their new scale and encode the staged values."""
+
+
+@overload(finish)
+def _finish(buffer):  # type: ignore[no-untyped-def]
+    if isinstance(buffer, types.BaseNamedTuple) and buffer.instance_class is Quantized:
+
+        def quantize(buffer):  # type: ignore[no-untyped-def]
+            staged, codes = buffer.staged, buffer.codes
+            absmax = np.float32(0.0)
+            for i in range(staged.size):
+                absmax = max(absmax, abs(staged[i]))
+            buffer.scale[0] = absmax
+            divisor = absmax if absmax > 0 else np.float32(1.0)
+            for i in range(staged.size):
+                bits = random_bits(buffer.key, buffer.offset + i)
+                codes[i] = encode_code(staged[i] / divisor, codes, buffer.stochastic, bits)
+
+        return quantize
+    return lambda buffer: None
+
+
 def load(array, index):  # type: ignore[no-untyped-def]
     """Element ``index`` of ``array`` in the compute type."""
 
 
 @overload(load, inline="always")
 def _load(array, index):  # type: ignore[no-untyped-def]
+    if isinstance(array, types.BaseNamedTuple) and array.instance_class is Quantized:
+        return lambda array, index: decode(array.codes[index]) * array.scale[0]
+    if isinstance(array, types.BaseNamedTuple) and array.instance_class is Rounded:
+        return lambda array, index: bfloat16_to_float32(array.bits[index])
     if array.dtype == types.uint16:
         return lambda array, index: bfloat16_to_float32(array[index])
     return lambda array, index: array[index]
@@ -172,3 +381,25 @@ class Kernel:
 def kernel(function: Callable[..., Any]) -> Kernel:
     """Decorator: compile ``function`` as a :class:`Kernel`."""
     return Kernel(function)
+
+
+@njit(cache=True)
+def quantize(values, codes, scales):  # type: ignore[no-untyped-def]
+    """Encode ``values`` (1-d, float32) blockwise into ``codes`` (int8 or uint8) and ``scales``
+    (one absmax per QBLOCK values), rounding to nearest, as the kernels' ``finish`` does."""
+    for block in range(scales.size):
+        first, last = block * QBLOCK, min((block + 1) * QBLOCK, values.size)
+        absmax = np.float32(0.0)
+        for i in range(first, last):
+            absmax = max(absmax, abs(values[i]))
+        scales[block] = absmax
+        divisor = absmax if absmax > 0 else np.float32(1.0)
+        for i in range(first, last):
+            codes[i] = encode_code(values[i] / divisor, codes, False, np.uint32(0))
+
+
+@njit(cache=True)
+def dequantize(codes, scales, values):  # type: ignore[no-untyped-def]
+    """Decode blockwise ``codes`` with their ``scales`` into ``values`` (1-d, float32)."""
+    for i in range(codes.size):
+        values[i] = decode(codes[i]) * scales[i // QBLOCK]

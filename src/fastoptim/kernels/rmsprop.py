@@ -3,7 +3,19 @@
 import numpy as np
 from numba import njit, prange
 
-from fastoptim.kernels.memory import chunks_of, compute, encode, kernel, lerp, load, view
+from fastoptim.kernels.memory import (
+    block_size,
+    chunks_of,
+    compute,
+    finish,
+    kernel,
+    lerp,
+    load,
+    open_buffer,
+    store,
+    unsigned,
+    view,
+)
 
 
 @njit(inline="always")
@@ -16,7 +28,7 @@ def decayed_grad(param, grad, square_avg, i, c):  # type: ignore[no-untyped-def]
     g = load(grad, i) * factor
     g = g + decay * load(param, i) if l2 else g
     v = load(square_avg, i) * keep + weight * g * g
-    square_avg[i] = encode(v, square_avg)
+    store(square_avg, i, v)
     return g, v
 
 
@@ -25,15 +37,16 @@ def centered_avg(grad_avg, i, g, v, c):  # type: ignore[no-untyped-def]
     """Update element ``i``'s gradient average; return sqrt(v - gbar^2) + eps."""
     _, _, _, keep, weight, epsilon = c
     gbar = lerp(load(grad_avg, i), g, weight, keep)
-    grad_avg[i] = encode(gbar, grad_avg)
+    store(grad_avg, i, gbar)
     return np.sqrt(v - gbar * gbar) + epsilon
 
 
 @kernel
 def rmsprop_kernel(  # type: ignore[no-untyped-def]
-    addresses,
+    memory,
     sizes,
     marker,
+    state_marker,
     step_marker,
     lr,
     alpha,
@@ -43,11 +56,12 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
     centered,
     grad_factor,
 ):
-    """RMSprop over the tensors whose addresses are the columns of ``addresses``.
+    """RMSprop over the tensors whose addresses are the columns of ``memory[0]``.
 
     Rows: param, grad, step, square_avg, then momentum_buffer when ``momentum > 0`` and
     grad_avg when ``centered``. ``grad_factor``: -1 for maximize, times 1/grad_scale.
     """
+    addresses = memory[0]
     for tensor in range(sizes.shape[0]):
         view(addresses[2, tensor], 1, step_marker)[0] += 1
 
@@ -63,34 +77,43 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
     neg_lr, mu = compute(-lr, marker), compute(momentum, marker)
     with_momentum = momentum > 0.0
     grad_avg_row = 5 if with_momentum else 4
+    square_marker = unsigned(state_marker)
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        param = view(addresses[0, tensor], stop, marker)[start:stop]
-        grad = view(addresses[1, tensor], stop, marker)[start:stop]
-        square_avg = view(addresses[3, tensor], stop, marker)[start:stop]
-        if with_momentum:
-            buffer = view(addresses[4, tensor], stop, marker)[start:stop]
-        if centered:
-            grad_avg = view(addresses[grad_avg_row, tensor], stop, marker)[start:stop]
-        if with_momentum and centered:
-            for i in range(stop - start):
-                g, v = decayed_grad(param, grad, square_avg, i, c)
-                b = load(buffer, i) * mu + g / centered_avg(grad_avg, i, g, v, c)
-                buffer[i] = encode(b, buffer)
-                param[i] = encode(load(param, i) + neg_lr * b, param)
-        elif with_momentum:
-            for i in range(stop - start):
-                g, v = decayed_grad(param, grad, square_avg, i, c)
-                b = load(buffer, i) * mu + g / (np.sqrt(v) + epsilon)
-                buffer[i] = encode(b, buffer)
-                param[i] = encode(load(param, i) + neg_lr * b, param)
-        elif centered:
-            for i in range(stop - start):
-                g, v = decayed_grad(param, grad, square_avg, i, c)
-                avg = centered_avg(grad_avg, i, g, v, c)
-                param[i] = encode(load(param, i) + neg_lr * g / avg, param)
-        else:
-            for i in range(stop - start):
-                g, v = decayed_grad(param, grad, square_avg, i, c)
-                param[i] = encode(load(param, i) + neg_lr * g / (np.sqrt(v) + epsilon), param)
+        for first in range(start, stop, block_size(state_marker)):
+            last = min(first + block_size(state_marker), stop)
+            param = open_buffer(memory, 0, tensor, first, last, marker)
+            grad = view(addresses[1, tensor], last, marker)[first:last]
+            square_avg = open_buffer(memory, 3, tensor, first, last, square_marker)
+            # Four loops: a buffer used conditionally inside one loop stops vectorization.
+            if with_momentum and centered:
+                buffer = open_buffer(memory, 4, tensor, first, last, state_marker)
+                grad_avg = open_buffer(memory, grad_avg_row, tensor, first, last, state_marker)
+                for i in range(last - first):
+                    g, v = decayed_grad(param, grad, square_avg, i, c)
+                    b = load(buffer, i) * mu + g / centered_avg(grad_avg, i, g, v, c)
+                    store(buffer, i, b)
+                    store(param, i, load(param, i) + neg_lr * b)
+                finish(buffer)
+                finish(grad_avg)
+            elif with_momentum:
+                buffer = open_buffer(memory, 4, tensor, first, last, state_marker)
+                for i in range(last - first):
+                    g, v = decayed_grad(param, grad, square_avg, i, c)
+                    b = load(buffer, i) * mu + g / (np.sqrt(v) + epsilon)
+                    store(buffer, i, b)
+                    store(param, i, load(param, i) + neg_lr * b)
+                finish(buffer)
+            elif centered:
+                grad_avg = open_buffer(memory, grad_avg_row, tensor, first, last, state_marker)
+                for i in range(last - first):
+                    g, v = decayed_grad(param, grad, square_avg, i, c)
+                    avg = centered_avg(grad_avg, i, g, v, c)
+                    store(param, i, load(param, i) + neg_lr * g / avg)
+                finish(grad_avg)
+            else:
+                for i in range(last - first):
+                    g, v = decayed_grad(param, grad, square_avg, i, c)
+                    store(param, i, load(param, i) + neg_lr * g / (np.sqrt(v) + epsilon))
+            finish(square_avg)

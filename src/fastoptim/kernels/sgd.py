@@ -2,18 +2,39 @@
 
 from numba import prange
 
-from fastoptim.kernels.memory import chunks_of, compute, encode, kernel, load, view
+from fastoptim.kernels.memory import (
+    block_size,
+    chunks_of,
+    compute,
+    finish,
+    kernel,
+    load,
+    open_buffer,
+    store,
+    view,
+)
 
 
 @kernel
 def sgd_kernel(  # type: ignore[no-untyped-def]
-    addresses, sizes, marker, lr, momentum, dampening, weight_decay, nesterov, grad_factor, fresh
+    memory,
+    sizes,
+    marker,
+    state_marker,
+    lr,
+    momentum,
+    dampening,
+    weight_decay,
+    nesterov,
+    grad_factor,
+    fresh,
 ):
-    """SGD over the tensors whose addresses are the columns of ``addresses``.
+    """SGD over the tensors whose addresses are the columns of ``memory[0]``.
 
     Rows: param, grad, and momentum_buffer when ``momentum != 0``; ``fresh[t]`` marks a buffer
     that starts as the gradient. ``grad_factor``: -1 for maximize, times 1/grad_scale.
     """
+    addresses = memory[0]
     factor = compute(grad_factor, marker)
     l2 = weight_decay != 0.0
     decay = compute(weight_decay, marker)
@@ -23,22 +44,25 @@ def sgd_kernel(  # type: ignore[no-untyped-def]
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        param = view(addresses[0, tensor], stop, marker)[start:stop]
-        grad = view(addresses[1, tensor], stop, marker)[start:stop]
-        if momentum == 0.0:
-            for i in range(stop - start):
-                g = load(grad, i) * factor
-                p = load(param, i)
-                g = g + decay * p if l2 else g
-                param[i] = encode(p + neg_lr * g, param)
-        else:
-            buffer = view(addresses[2, tensor], stop, marker)[start:stop]
-            first = fresh[tensor]
-            for i in range(stop - start):
-                g = load(grad, i) * factor
-                p = load(param, i)
-                g = g + decay * p if l2 else g
-                b = g if first else load(buffer, i) * mu + undamped * g
-                buffer[i] = encode(b, buffer)
-                g = g + mu * b if nesterov else b
-                param[i] = encode(p + neg_lr * g, param)
+        for first in range(start, stop, block_size(state_marker)):
+            last = min(first + block_size(state_marker), stop)
+            param = open_buffer(memory, 0, tensor, first, last, marker)
+            grad = view(addresses[1, tensor], last, marker)[first:last]
+            if momentum == 0.0:
+                for i in range(last - first):
+                    g = load(grad, i) * factor
+                    p = load(param, i)
+                    g = g + decay * p if l2 else g
+                    store(param, i, p + neg_lr * g)
+            else:
+                buffer = open_buffer(memory, 2, tensor, first, last, state_marker)
+                initial = fresh[tensor]
+                for i in range(last - first):
+                    g = load(grad, i) * factor
+                    p = load(param, i)
+                    g = g + decay * p if l2 else g
+                    b = g if initial else load(buffer, i) * mu + undamped * g
+                    store(buffer, i, b)
+                    g = g + mu * b if nesterov else b
+                    store(param, i, p + neg_lr * g)
+                finish(buffer)

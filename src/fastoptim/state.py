@@ -1,0 +1,120 @@
+"""Compact optimizer state: bfloat16 or blockwise 8-bit buffers, and conversions between forms.
+
+``state_dtype`` chooses how an optimizer keeps its buffers (exp_avg, square_avg, ...):
+
+- ``None``: in the parameter's dtype, as torch.optim does.
+- ``torch.float32`` or ``torch.bfloat16``: in that dtype.
+- ``"int8"``: for parameters of at least ``QUANTIZED_MIN_ELEMENTS`` elements, each buffer
+  ``key`` becomes ``key + "_codes"`` (8-bit codes shaped like the parameter: int8 for signed
+  buffers, uint8 for non-negative ones) and ``key + "_absmax"`` (one float32 scale per block of
+  256 elements). Smaller parameters keep full precision: float32 (or float64 for float64
+  parameters).
+
+Complex parameters always keep their state in their own dtype. The step counter is never
+compacted. See fastoptim.kernels.memory for the 8-bit code.
+"""
+
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fastoptim.kernels.memory import QBLOCK, dequantize, quantize
+
+INT8 = "int8"
+QUANTIZED_MIN_ELEMENTS = 4096
+CODES, ABSMAX = "_codes", "_absmax"
+STATE_DTYPES = (None, torch.float32, torch.bfloat16, INT8)
+
+StateFormat = torch.dtype | str
+
+
+def check_state_options(state_dtype: Any, stochastic_rounding: Any) -> None:
+    """Raise ValueError unless both options hold allowed values."""
+    if not any(state_dtype is allowed or state_dtype == allowed for allowed in STATE_DTYPES):
+        raise ValueError(
+            "state_dtype must be None, torch.float32, torch.bfloat16 or 'int8', "
+            f"got {state_dtype!r}"
+        )
+    if stochastic_rounding not in (None, True, False):
+        raise ValueError(
+            f"stochastic_rounding must be None, True or False, got {stochastic_rounding!r}"
+        )
+
+
+def state_format(param: Tensor, state_dtype: torch.dtype | str | None) -> StateFormat:
+    """How the buffers of ``param`` are kept under ``state_dtype``: a dtype, or INT8."""
+    if state_dtype is None or param.is_complex():
+        return param.dtype
+    if state_dtype == INT8:
+        if param.numel() >= QUANTIZED_MIN_ELEMENTS:
+            return INT8
+        return torch.float64 if param.dtype == torch.float64 else torch.float32
+    return state_dtype
+
+
+def memory_order(tensor: Tensor) -> Tensor:
+    """A dense tensor's elements as a 1-d view, in the order they lie in memory."""
+    return tensor.as_strided((tensor.numel(),), (1,))
+
+
+def quantize_like(values: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
+    """``values`` as 8-bit codes (same shape and strides) and float32 block scales."""
+    codes = torch.empty_like(values, dtype=torch.int8 if signed else torch.uint8)
+    scales = torch.empty((values.numel() + QBLOCK - 1) // QBLOCK, dtype=torch.float32)
+    flat = memory_order(values).float().contiguous()
+    quantize(flat.numpy(), memory_order(codes).numpy(), scales.numpy())
+    return codes, scales
+
+
+def dequantize_like(codes: Tensor, scales: Tensor) -> Tensor:
+    """The float32 values of 8-bit ``codes`` and their block ``scales``."""
+    values = torch.empty_like(codes, dtype=torch.float32)
+    dequantize(
+        memory_order(codes.cpu()).numpy(), scales.cpu().numpy(), memory_order(values).numpy()
+    )
+    return values.to(codes.device)
+
+
+def convert_buffer(state: dict[str, Any], key: str, target: StateFormat, signed: bool) -> None:
+    """Keep buffer ``key`` of ``state`` in format ``target``, converting it in place."""
+    if key + CODES in state:
+        if target != INT8:
+            values = dequantize_like(state.pop(key + CODES), state.pop(key + ABSMAX))
+            state[key] = values.to(target)
+    elif key in state:
+        if target == INT8:
+            state[key + CODES], state[key + ABSMAX] = quantize_like(state.pop(key), signed)
+        elif state[key].dtype != target:
+            state[key] = state[key].to(target)
+
+
+def full_precision_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a fastoptim ``state_dict`` in torch.optim's layout: 8-bit and bfloat16
+    buffers become float32 tensors, and the compact-state options leave the param groups.
+
+    torch.optim (which casts buffers to each parameter's dtype when it loads) or fastoptim with
+    any ``state_dtype`` can load the result.
+    """
+    state = {}
+    for param_id, param_state in state_dict["state"].items():
+        param_state = dict(param_state)
+        keys = [key[: -len(CODES)] for key in param_state if str(key).endswith(CODES)]
+        for key in chain(keys, [k for k, v in param_state.items() if _is_bfloat16(v)]):
+            convert_buffer(param_state, key, torch.float32, signed=True)
+        state[param_id] = param_state
+    groups = [
+        {k: v for k, v in group.items() if k not in ("state_dtype", "stochastic_rounding")}
+        for group in state_dict["param_groups"]
+    ]
+    return {**state_dict, "state": state, "param_groups": groups}
+
+
+def _is_bfloat16(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.dtype == torch.bfloat16
+
+
+def state_nbytes(tensors: Any) -> int:
+    """Bytes held by the tensors among ``tensors`` (a state dict's values)."""
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
