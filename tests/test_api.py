@@ -40,7 +40,8 @@ def test_is_a_torch_optimizer_and_not_torchs_class(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_signature_matches_torch(name: str) -> None:
-    """Same names, order, kinds, defaults and annotations; ``fused`` may be added, last."""
+    """Same names, order, kinds, defaults and annotations; fastoptim's own keyword-only
+    options come last: ``fused`` where torch has none, then the compact-state options."""
     ours, theirs = (inspect.signature(cls.__init__).parameters for cls in ours_and_torch(name))
     assert [n for n in ours if n in theirs] == list(theirs)
     for parameter_name, expected in theirs.items():
@@ -51,11 +52,11 @@ def test_signature_matches_torch(name: str) -> None:
             expected.annotation,
         ), parameter_name
     added = [n for n in ours if n not in theirs]
-    assert added == (["fused"] if name in WITHOUT_TORCH_FUSED else [])
-    if added:
-        assert list(ours)[-1] == "fused"
-        assert ours["fused"].kind is inspect.Parameter.KEYWORD_ONLY
-        assert ours["fused"].default is None
+    compact_state = ["state_dtype", "stochastic_rounding"]
+    assert added == (["fused"] if name in WITHOUT_TORCH_FUSED else []) + compact_state
+    assert list(ours)[-len(added) :] == added
+    assert all(ours[n].kind is inspect.Parameter.KEYWORD_ONLY for n in added)
+    assert all(ours[n].default is None for n in added)
 
 
 BAD_HYPERPARAMETERS = [

@@ -11,7 +11,8 @@ from fastoptim.kernels.memory import (
     kernel,
     load,
     open_buffer,
-    store,
+    open_sink,
+    scratch_for,
     unsigned,
     view,
 )
@@ -36,16 +37,21 @@ def adadelta_kernel(  # type: ignore[no-untyped-def]
     keep, weight = compute(rho, marker), compute(1.0 - rho, marker)
     epsilon = compute(eps, marker)
     neg_lr = compute(-lr, marker)
-    square_marker = unsigned(state_marker)
+    square = unsigned(state_marker)
+    block = block_size(marker, state_marker)
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        for first in range(start, stop, block_size(state_marker)):
-            last = min(first + block_size(state_marker), stop)
+        scratch = scratch_for(marker, state_marker)
+        for first in range(start, stop, block):
+            last = min(first + block, stop)
             param = open_buffer(memory, 0, tensor, first, last, marker)
+            new_param = open_sink(param, scratch[0])
             grad = view(addresses[1, tensor], last, marker)[first:last]
-            square_avg = open_buffer(memory, 3, tensor, first, last, square_marker)
-            acc_delta = open_buffer(memory, 4, tensor, first, last, square_marker)
+            square_avg = open_buffer(memory, 3, tensor, first, last, square)
+            new_square_avg = open_sink(square_avg, scratch[1])
+            acc_delta = open_buffer(memory, 4, tensor, first, last, square)
+            new_acc_delta = open_sink(acc_delta, scratch[2])
             for i in range(last - first):
                 g = load(grad, i) * factor
                 p = load(param, i)
@@ -53,8 +59,9 @@ def adadelta_kernel(  # type: ignore[no-untyped-def]
                 v = load(square_avg, i) * keep + weight * g * g
                 a = load(acc_delta, i)
                 delta = np.sqrt(a + epsilon) / np.sqrt(v + epsilon) * g
-                store(square_avg, i, v)
-                store(acc_delta, i, a * keep + weight * delta * delta)
-                store(param, i, p + neg_lr * delta)
-            finish(square_avg)
-            finish(acc_delta)
+                new_square_avg[i] = v
+                new_acc_delta[i] = a * keep + weight * delta * delta
+                new_param[i] = p + neg_lr * delta
+            finish(square_avg, new_square_avg)
+            finish(acc_delta, new_acc_delta)
+            finish(param, new_param)

@@ -11,7 +11,8 @@ from fastoptim.kernels.memory import (
     kernel,
     load,
     open_buffer,
-    store,
+    open_sink,
+    scratch_for,
     unsigned,
     view,
 )
@@ -37,20 +38,26 @@ def adagrad_kernel(  # type: ignore[no-untyped-def]
     l2 = weight_decay != 0.0
     decay = compute(weight_decay, marker)
     epsilon = compute(eps, marker)
+    square = unsigned(state_marker)
+    block = block_size(marker, state_marker)
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
+        scratch = scratch_for(marker, state_marker)
         neg_clr = compute(neg_clrs[tensor], marker)
-        for first in range(start, stop, block_size(state_marker)):
-            last = min(first + block_size(state_marker), stop)
+        for first in range(start, stop, block):
+            last = min(first + block, stop)
             param = open_buffer(memory, 0, tensor, first, last, marker)
+            new_param = open_sink(param, scratch[0])
             grad = view(addresses[1, tensor], last, marker)[first:last]
-            total = open_buffer(memory, 3, tensor, first, last, unsigned(state_marker))
+            total = open_buffer(memory, 3, tensor, first, last, square)
+            new_total = open_sink(total, scratch[1])
             for i in range(last - first):
                 g = load(grad, i) * factor
                 p = load(param, i)
                 g = g + decay * p if l2 else g
                 s = load(total, i) + g * g
-                store(total, i, s)
-                store(param, i, p + neg_clr * g / (np.sqrt(s) + epsilon))
-            finish(total)
+                new_total[i] = s
+                new_param[i] = p + neg_clr * g / (np.sqrt(s) + epsilon)
+            finish(total, new_total)
+            finish(param, new_param)

@@ -13,7 +13,8 @@ from fastoptim.kernels.memory import (
     load,
     maximum,
     open_buffer,
-    store,
+    open_sink,
+    scratch_for,
     unsigned,
     view,
 )
@@ -21,7 +22,7 @@ from fastoptim.kernels.memory import (
 
 @njit(inline="always")
 def moments(param, grad, exp_avg, exp_avg_sq, i, c):  # type: ignore[no-untyped-def]
-    """Update element ``i``'s moments; return (decayed param, exp_avg, exp_avg_sq).
+    """Element ``i``'s (decayed param, new exp_avg, new exp_avg_sq).
 
     ``c``: (grad factor, decoupled shrink, L2 on, L2 decay, 1 - b1, b1, b2, 1 - b2).
     """
@@ -31,8 +32,6 @@ def moments(param, grad, exp_avg, exp_avg_sq, i, c):  # type: ignore[no-untyped-
     g = g + decay * p if l2 else g
     m = lerp(load(exp_avg, i), g, weight1, keep1)
     v = load(exp_avg_sq, i) * keep2 + weight2 * g * g
-    store(exp_avg, i, m)
-    store(exp_avg_sq, i, v)
     return p, m, v
 
 
@@ -79,31 +78,38 @@ def adam_kernel(  # type: ignore[no-untyped-def]
         compute(1.0 - beta2, marker),
     )
     epsilon = compute(eps, marker)
-    square_marker = unsigned(state_marker)
+    square = unsigned(state_marker)
+    block = block_size(marker, state_marker)
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
+        scratch = scratch_for(marker, state_marker)
         neg_step_size = compute(-step_sizes[tensor], marker)
-        bias_correction2_sqrt = compute(bias_correction2_sqrts[tensor], marker)
-        for first in range(start, stop, block_size(state_marker)):
-            last = min(first + block_size(state_marker), stop)
+        correction2 = compute(bias_correction2_sqrts[tensor], marker)
+        for first in range(start, stop, block):
+            last = min(first + block, stop)
             param = open_buffer(memory, 0, tensor, first, last, marker)
+            new_param = open_sink(param, scratch[0])
             grad = view(addresses[1, tensor], last, marker)[first:last]
             exp_avg = open_buffer(memory, 3, tensor, first, last, state_marker)
-            exp_avg_sq = open_buffer(memory, 4, tensor, first, last, square_marker)
+            new_exp_avg = open_sink(exp_avg, scratch[1])
+            exp_avg_sq = open_buffer(memory, 4, tensor, first, last, square)
+            new_exp_avg_sq = open_sink(exp_avg_sq, scratch[2])
             if amsgrad:
-                max_exp_avg_sq = open_buffer(memory, 5, tensor, first, last, square_marker)
+                max_exp_avg_sq = open_buffer(memory, 5, tensor, first, last, square)
+                new_max = open_sink(max_exp_avg_sq, scratch[3])
                 for i in range(last - first):
                     p, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
+                    new_exp_avg[i], new_exp_avg_sq[i] = m, v
                     v = maximum(load(max_exp_avg_sq, i), v)
-                    store(max_exp_avg_sq, i, v)
-                    denom = np.sqrt(v) / bias_correction2_sqrt + epsilon
-                    store(param, i, p + neg_step_size * m / denom)
-                finish(max_exp_avg_sq)
+                    new_max[i] = v
+                    new_param[i] = p + neg_step_size * m / (np.sqrt(v) / correction2 + epsilon)
+                finish(max_exp_avg_sq, new_max)
             else:
                 for i in range(last - first):
                     p, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
-                    denom = np.sqrt(v) / bias_correction2_sqrt + epsilon
-                    store(param, i, p + neg_step_size * m / denom)
-            finish(exp_avg)
-            finish(exp_avg_sq)
+                    new_exp_avg[i], new_exp_avg_sq[i] = m, v
+                    new_param[i] = p + neg_step_size * m / (np.sqrt(v) / correction2 + epsilon)
+            finish(exp_avg, new_exp_avg)
+            finish(exp_avg_sq, new_exp_avg_sq)
+            finish(param, new_param)

@@ -13,7 +13,8 @@ from fastoptim.kernels.memory import (
     load,
     maximum,
     open_buffer,
-    store,
+    open_sink,
+    scratch_for,
     unsigned,
     view,
 )
@@ -52,24 +53,31 @@ def adamax_kernel(  # type: ignore[no-untyped-def]
     weight1, keep1 = compute(1.0 - beta1, marker), compute(beta1, marker)
     keep2 = compute(beta2, marker)
     epsilon = compute(eps, marker)
+    square = unsigned(state_marker)
+    block = block_size(marker, state_marker)
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
+        scratch = scratch_for(marker, state_marker)
         neg_clr = compute(neg_clrs[tensor], marker)
-        for first in range(start, stop, block_size(state_marker)):
-            last = min(first + block_size(state_marker), stop)
+        for first in range(start, stop, block):
+            last = min(first + block, stop)
             param = open_buffer(memory, 0, tensor, first, last, marker)
+            new_param = open_sink(param, scratch[0])
             grad = view(addresses[1, tensor], last, marker)[first:last]
             exp_avg = open_buffer(memory, 3, tensor, first, last, state_marker)
-            exp_inf = open_buffer(memory, 4, tensor, first, last, unsigned(state_marker))
+            new_exp_avg = open_sink(exp_avg, scratch[1])
+            exp_inf = open_buffer(memory, 4, tensor, first, last, square)
+            new_exp_inf = open_sink(exp_inf, scratch[2])
             for i in range(last - first):
                 g = load(grad, i) * factor
                 p = load(param, i)
                 g = g + decay * p if l2 else g
                 m = lerp(load(exp_avg, i), g, weight1, keep1)
                 u = maximum(load(exp_inf, i) * keep2, np.abs(g) + epsilon)
-                store(exp_avg, i, m)
-                store(exp_inf, i, u)
-                store(param, i, p + neg_clr * m / u)
-            finish(exp_avg)
-            finish(exp_inf)
+                new_exp_avg[i] = m
+                new_exp_inf[i] = u
+                new_param[i] = p + neg_clr * m / u
+            finish(exp_avg, new_exp_avg)
+            finish(exp_inf, new_exp_inf)
+            finish(param, new_param)

@@ -6,20 +6,23 @@ call can cover every tensor of a param group. Storage types are given by a dtype
 Arithmetic runs in the compute type of the parameters' marker: float64 for float64, float32
 otherwise.
 
-A kernel opens each tensor's block of elements as a buffer (``open_buffer``), reads it with
-``load(buffer, i)``, writes with ``store(buffer, i, value)`` and ends the block with
-``finish(buffer)``:
+A kernel opens each tensor's block of elements with ``open_buffer`` as a source, read with
+``load(source, i)``, and with ``open_sink(source, scratch)`` as the array it writes the new
+values to;
+it ends the block with ``finish(source, sink)``:
 
-- float32/float64: a plain array view.
-- bfloat16: ``Rounded``; values are rounded to bfloat16 to nearest (ties to even) or, with
-  ``stochastic``, up or down with probabilities given by the distance (unbiased).
-- 8-bit: ``Quantized``, a block of at most ``QBLOCK`` codes and the block's absmax scale.
-  ``store`` stages the new values; ``finish`` sets the block's scale to their largest
-  magnitude and encodes each value divided by it as an 8-bit float: signed codes (int8) have a
+- float32/float64: source and sink are the same array view; ``finish`` does nothing.
+- bfloat16: the source is ``Rounded``, the sink a float32 block that ``finish`` rounds to
+  bfloat16: to nearest (ties to even) or, with ``stochastic``, up or down with probabilities
+  given by the distance (unbiased).
+- 8-bit: the source is ``Quantized``: a block of at most ``QBLOCK`` codes and the block's
+  scale. ``finish`` sets the scale to the smallest power of two at least 1/1.875 of the
+  largest magnitude in the sink (so an unchanged value keeps its code's value when the scale
+  moves), and encodes each value divided by it as an 8-bit float: signed codes (int8) have a
   sign bit, 4 exponent and 3 mantissa bits, down to 2^-14 of the scale with subnormals below;
   unsigned codes (uint8, for non-negative state such as squared averages) have 5 exponent and
-  3 mantissa bits, down to 2^-30. Each code is within 6.25% (nearest) or one code step
-  (stochastic) of the value.
+  3 mantissa bits, down to 2^-30. A code is within 6.25% of the value (nearest) or one code
+  step away (stochastic, unbiased).
 
 Random bits for stochastic rounding are a hash of (call key, tensor, buffer row, element
 index): reproducible, independent of the thread count.
@@ -44,7 +47,7 @@ CHUNK = 1 << 16
 QBLOCK = 256
 
 Rounded = namedtuple("Rounded", ["bits", "key", "offset", "stochastic"])
-Quantized = namedtuple("Quantized", ["codes", "scale", "staged", "key", "offset", "stochastic"])
+Quantized = namedtuple("Quantized", ["codes", "scale", "key", "offset", "stochastic"])
 
 BFLOAT16 = np.dtype(np.uint16)
 
@@ -91,24 +94,26 @@ def bfloat16_to_float32(bits):  # type: ignore[no-untyped-def]
     return _bits_to_float32(np.uint32(bits) << np.uint32(16))
 
 
-@njit(inline="always")
-def float32_to_bfloat16(value):  # type: ignore[no-untyped-def]
-    """Round a float32 to the nearest bfloat16 (ties to even), as uint16 bits; NaN stays NaN."""
-    bits = _float32_to_bits(value)
-    bits += ((bits >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)
-    return np.uint16(0x7FC0) if value != value else np.uint16(bits >> np.uint32(16))
+@intrinsic
+def random_bits(typingctx, key, index):  # type: ignore[no-untyped-def]
+    """32 well-mixed bits (uint32) from an integer ``key`` and an element ``index``: a hash in
+    32-bit arithmetic (Numba would widen it to 64 bits, which does not vectorize)."""
 
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i32 = ir.IntType(32)
 
-@njit(inline="always")
-def random_bits(key, index):  # type: ignore[no-untyped-def]
-    """32 well-mixed bits from ``key`` (uint32) and an element index."""
-    # Numba widens integer arithmetic to 64 bits: every step is cut back to 32.
-    x = np.uint32(np.uint32(key) ^ np.uint32((index & 0xFFFFFFFF) * 0x9E3779B1 & 0xFFFFFFFF))
-    x = np.uint32(x ^ (x >> 16))
-    x = np.uint32((x * 0x7FEB352D) & 0xFFFFFFFF)
-    x = np.uint32(x ^ (x >> 15))
-    x = np.uint32((x * 0x846CA68B) & 0xFFFFFFFF)
-    return np.uint32(x ^ (x >> 16))
+        def as_i32(value):  # type: ignore[no-untyped-def]
+            return builder.trunc(value, i32) if value.type.width > 32 else value
+
+        def mix(x, shift):  # type: ignore[no-untyped-def]
+            return builder.xor(x, builder.lshr(x, ir.Constant(i32, shift)))
+
+        x = builder.xor(as_i32(args[0]), builder.mul(as_i32(args[1]), ir.Constant(i32, 0x9E3779B1)))
+        x = builder.mul(mix(x, 16), ir.Constant(i32, 0x7FEB352D))
+        x = builder.mul(mix(x, 15), ir.Constant(i32, 0x846CA68B))
+        return mix(x, 16)
+
+    return types.uint32(key, index), codegen
 
 
 @njit(inline="always")
@@ -128,14 +133,52 @@ def _code_magnitude(code, bias, subnormal_step):  # type: ignore[no-untyped-def]
     return np.float32(code) * np.float32(subnormal_step) if code < 8 else normal
 
 
+@intrinsic
+def _encode_magnitude(typingctx, y, bias, subnormal_step, stochastic, bits):  # type: ignore[no-untyped-def]
+    """The 8-bit float code (int32) of float32 ``y`` in [0, 1.875] for the code with exponent
+    ``bias`` and subnormal step ``subnormal_step``, rounded to nearest or stochastically with
+    the random ``bits``; in 32-bit arithmetic, which vectorizes."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        value, bias_value, step, random, chance = args[0], args[1], args[2], args[4], args[3]
+        i32, f32 = ir.IntType(32), ir.FloatType()
+        value = builder.fptrunc(value, f32) if value.type != f32 else value
+        random = builder.trunc(random, i32) if random.type.width > 32 else random
+        bias_value = builder.trunc(bias_value, i32) if bias_value.type.width > 32 else bias_value
+        step = builder.fptrunc(step, f32) if step.type != f32 else step
+        # Normal codes: the float's bits with the low 20 dropped, after adding 20 random bits
+        # (stochastic) or half of the dropped unit (nearest).
+        raw = builder.bitcast(value, i32)
+        rounding = builder.select(
+            chance, builder.lshr(random, ir.Constant(i32, 12)), ir.Constant(i32, 1 << 19)
+        )
+        normal = builder.sub(
+            builder.lshr(builder.add(raw, rounding), ir.Constant(i32, 20)), bias_value
+        )
+        # Subnormal codes: value / step, plus a uniform fraction in [0, 1) or 0.5.
+        fraction = builder.select(
+            chance,
+            builder.fmul(
+                builder.uitofp(builder.lshr(random, ir.Constant(i32, 8)), f32),
+                ir.Constant(f32, 2.0**-24),
+            ),
+            ir.Constant(f32, 0.5),
+        )
+        subnormal = builder.fptosi(builder.fadd(builder.fdiv(value, step), fraction), i32)
+        small = builder.fcmp_ordered("<", value, builder.fmul(step, ir.Constant(f32, 8.0)))
+        return builder.select(small, subnormal, normal)
+
+    return types.int32(y, bias, subnormal_step, stochastic, bits), codegen
+
+
 @njit(inline="always")
-def _encode_magnitude(y, bias, subnormal_step, stochastic, bits):  # type: ignore[no-untyped-def]
-    """The 8-bit float code of ``y`` in [0, 1], rounded to nearest or stochastically."""
-    raw = _float32_to_bits(np.float32(y))
-    normal = (raw + ((bits >> np.uint32(12)) if stochastic else np.uint32(1 << 19))) >> 20
-    fraction = np.float32(bits >> np.uint32(8)) * np.float32(2.0**-24) if stochastic else 0.5
-    subnormal = np.uint32(np.float32(y) / np.float32(subnormal_step) + np.float32(fraction))
-    return subnormal if y < 8 * subnormal_step else normal - np.uint32(bias)
+def block_scale(absmax):  # type: ignore[no-untyped-def]
+    """The scale of a block whose largest magnitude is ``absmax``: the smallest power of two
+    at least ``absmax / 1.875`` (the largest code), or 0. Powers of two make rescaling exact:
+    a value that did not change keeps its code's value when the block's scale moves."""
+    raw = _float32_to_bits(np.float32(absmax) / np.float32(1.875))
+    exponent = (raw >> np.uint32(23)) + (np.uint32(1) if raw & np.uint32(0x7FFFFF) else 0)
+    return _bits_to_float32(np.uint32(exponent << np.uint32(23))) if absmax > 0 else np.float32(0)
 
 
 def decode(code):  # type: ignore[no-untyped-def]
@@ -155,7 +198,7 @@ def _decode(code):  # type: ignore[no-untyped-def]
 
 
 def encode_code(y, codes, stochastic, bits):  # type: ignore[no-untyped-def]
-    """``y`` in [-1, 1] as a code of ``codes``' type (uint8 codes take y >= 0)."""
+    """``y`` in [-1.875, 1.875] as a code of ``codes``' type (uint8 codes take y >= 0)."""
 
 
 @overload(encode_code, inline="always")
@@ -166,16 +209,16 @@ def _encode_code(y, codes, stochastic, bits):  # type: ignore[no-untyped-def]
         )
 
     def signed(y, codes, stochastic, bits):  # type: ignore[no-untyped-def]
-        magnitude = np.int8(_encode_magnitude(abs(y), 896, 2.0**-17, stochastic, bits))
-        return -magnitude if y < 0 else magnitude
+        magnitude = _encode_magnitude(abs(y), 896, 2.0**-17, stochastic, bits)
+        return np.int8(-magnitude if y < 0 else magnitude)
 
     return signed
 
 
 def open_buffer(memory, row, tensor, first, last, marker):  # type: ignore[no-untyped-def]
     """Elements ``first:last`` of the tensor in column ``tensor``, row ``row`` of a kernel's
-    ``memory`` (addresses, 8-bit scale addresses, random key, stochastic rounding), as a
-    buffer of storage type ``marker``."""
+    ``memory`` (addresses, 8-bit scale addresses, random key, stochastic rounding) in storage
+    type ``marker``, as a source: read element i with ``load(source, i)``."""
 
 
 @overload(open_buffer, inline="always")
@@ -186,9 +229,8 @@ def _open_buffer(memory, row, tensor, first, last, marker):  # type: ignore[no-u
             addresses, scales, key, stochastic = memory
             codes = view(addresses[row, tensor], last, marker)[first:last]
             scale = view(scales[row, tensor] + (first // QBLOCK) * 4, 1, np.float32)
-            staged = np.empty(last - first, np.float32)
             tensor_key = random_bits(key, tensor * 0x10001 + row * 0x1000193)
-            return Quantized(codes, scale, staged, tensor_key, first, stochastic)
+            return Quantized(codes, scale, tensor_key, first, stochastic)
 
         return quantized
     if marker.dtype == types.uint16:
@@ -205,6 +247,33 @@ def _open_buffer(memory, row, tensor, first, last, marker):  # type: ignore[no-u
     )[first:last]
 
 
+def open_sink(source, scratch):  # type: ignore[no-untyped-def]
+    """Where a kernel writes the new compute-type values of an opened block: the block itself
+    for float32/float64, else the start of ``scratch`` (float32, QBLOCK long) for ``finish``
+    to encode into the source."""
+
+
+@overload(open_sink, inline="always")
+def _open_sink(source, scratch):  # type: ignore[no-untyped-def]
+    if isinstance(source, types.BaseNamedTuple) and source.instance_class is Quantized:
+        return lambda source, scratch: scratch[: source.codes.size]
+    if isinstance(source, types.BaseNamedTuple) and source.instance_class is Rounded:
+        return lambda source, scratch: scratch[: source.bits.size]
+    return lambda source, scratch: source
+
+
+def scratch_for(marker, state_marker):  # type: ignore[no-untyped-def]
+    """Four float32 sinks of QBLOCK values for a kernel row, when bfloat16 or 8-bit values are
+    written; a token array otherwise."""
+
+
+@overload(scratch_for, inline="always")
+def _scratch_for(marker, state_marker):  # type: ignore[no-untyped-def]
+    if marker.dtype == types.uint16 or state_marker.dtype in (types.uint16, types.int8):
+        return lambda marker, state_marker: np.empty((4, QBLOCK), np.float32)
+    return lambda marker, state_marker: np.empty((4, 0), np.float32)
+
+
 def unsigned(marker):  # type: ignore[no-untyped-def]
     """The marker for non-negative state: uint8 codes for 8-bit state, else ``marker``."""
 
@@ -216,66 +285,52 @@ def _unsigned(marker):  # type: ignore[no-untyped-def]
     return lambda marker: marker
 
 
-def block_size(marker):  # type: ignore[no-untyped-def]
-    """Elements a kernel handles between ``finish`` calls for state of storage ``marker``."""
+def block_size(marker, state_marker):  # type: ignore[no-untyped-def]
+    """Elements a kernel handles between ``finish`` calls: QBLOCK when parameters or state
+    are bfloat16 or 8-bit (their new values are staged in a small float32 sink), else CHUNK."""
 
 
 @overload(block_size, inline="always")
-def _block_size(marker):  # type: ignore[no-untyped-def]
-    if marker.dtype == types.int8:
-        return lambda marker: QBLOCK
-    return lambda marker: CHUNK
+def _block_size(marker, state_marker):  # type: ignore[no-untyped-def]
+    if marker.dtype == types.uint16 or state_marker.dtype in (types.uint16, types.int8):
+        return lambda marker, state_marker: QBLOCK
+    return lambda marker, state_marker: CHUNK
 
 
-def store(buffer, index, value):  # type: ignore[no-untyped-def]
-    """Write a compute-type ``value`` to element ``index`` of ``buffer``."""
+def finish(source, sink):  # type: ignore[no-untyped-def]
+    """End a block: write the values staged in ``sink`` to a bfloat16 or 8-bit ``source``."""
 
 
-# Not inlined at Numba level: an inlined overload that writes through a namedtuple member
-# loses the write (Numba 0.68). LLVM still inlines it.
-@overload(store)
-def _store(buffer, index, value):  # type: ignore[no-untyped-def]
-    if isinstance(buffer, types.BaseNamedTuple) and buffer.instance_class is Quantized:
+# Not inlined at Numba level: an inlined function that writes through a namedtuple member
+# loses the write (Numba 0.68). "No NaN" lets the block's absmax reduction vectorize; a NaN in
+# a block makes its scale (and so the whole block) NaN either way.
+@overload(finish, jit_options={"fastmath": {"nnan", "nsz", "contract"}})
+def _finish(source, sink):  # type: ignore[no-untyped-def]
+    if isinstance(source, types.BaseNamedTuple) and source.instance_class is Quantized:
 
-        def staged(buffer, index, value):  # type: ignore[no-untyped-def]
-            buffer.staged[index] = value
-
-        return staged
-    if isinstance(buffer, types.BaseNamedTuple) and buffer.instance_class is Rounded:
-
-        def rounded(buffer, index, value):  # type: ignore[no-untyped-def]
-            bits = random_bits(buffer.key, buffer.offset + index)
-            buffer.bits[index] = round_to_bfloat16(value, buffer.stochastic, bits)
-
-        return rounded
-
-    def plain(buffer, index, value):  # type: ignore[no-untyped-def]
-        buffer[index] = value
-
-    return plain
-
-
-def finish(buffer):  # type: ignore[no-untyped-def]
-    """End a block: 8-bit buffers take their new scale and encode the staged values."""
-
-
-@overload(finish)
-def _finish(buffer):  # type: ignore[no-untyped-def]
-    if isinstance(buffer, types.BaseNamedTuple) and buffer.instance_class is Quantized:
-
-        def quantize(buffer):  # type: ignore[no-untyped-def]
-            staged, codes = buffer.staged, buffer.codes
+        def quantize_block(source, sink):  # type: ignore[no-untyped-def]
+            codes = source.codes
             absmax = np.float32(0.0)
-            for i in range(staged.size):
-                absmax = max(absmax, abs(staged[i]))
-            buffer.scale[0] = absmax
-            divisor = absmax if absmax > 0 else np.float32(1.0)
-            for i in range(staged.size):
-                bits = random_bits(buffer.key, buffer.offset + i)
-                codes[i] = encode_code(staged[i] / divisor, codes, buffer.stochastic, bits)
+            for i in range(sink.size):
+                absmax = max(absmax, abs(sink[i]))
+            scale = block_scale(absmax)
+            source.scale[0] = scale
+            inverse = np.float32(1.0) / scale if scale > 0 else np.float32(1.0)  # exact
+            for i in range(sink.size):
+                bits = random_bits(source.key, source.offset + i)
+                codes[i] = encode_code(sink[i] * inverse, codes, source.stochastic, bits)
 
-        return quantize
-    return lambda buffer: None
+        return quantize_block
+    if isinstance(source, types.BaseNamedTuple) and source.instance_class is Rounded:
+
+        def round_block(source, sink):  # type: ignore[no-untyped-def]
+            out = source.bits
+            for i in range(sink.size):
+                bits = random_bits(source.key, source.offset + i)
+                out[i] = round_to_bfloat16(sink[i], source.stochastic, bits)
+
+        return round_block
+    return lambda source, sink: None
 
 
 def load(array, index):  # type: ignore[no-untyped-def]
@@ -291,18 +346,6 @@ def _load(array, index):  # type: ignore[no-untyped-def]
     if array.dtype == types.uint16:
         return lambda array, index: bfloat16_to_float32(array[index])
     return lambda array, index: array[index]
-
-
-def encode(value, array):  # type: ignore[no-untyped-def]
-    """A compute-type ``value`` in the storage type of ``array``, as ``array[i] = encode(v, array)``
-    writes it."""
-
-
-@overload(encode, inline="always")
-def _encode(value, array):  # type: ignore[no-untyped-def]
-    if array.dtype == types.uint16:
-        return lambda value, array: float32_to_bfloat16(value)
-    return lambda value, array: value
 
 
 @njit(inline="always")
@@ -392,8 +435,8 @@ def quantize(values, codes, scales):  # type: ignore[no-untyped-def]
         absmax = np.float32(0.0)
         for i in range(first, last):
             absmax = max(absmax, abs(values[i]))
-        scales[block] = absmax
-        divisor = absmax if absmax > 0 else np.float32(1.0)
+        scales[block] = block_scale(absmax)
+        divisor = scales[block] if scales[block] > 0 else np.float32(1.0)
         for i in range(first, last):
             codes[i] = encode_code(values[i] / divisor, codes, False, np.uint32(0))
 

@@ -12,7 +12,8 @@ from fastoptim.kernels.memory import (
     lerp,
     load,
     open_buffer,
-    store,
+    open_sink,
+    scratch_for,
     unsigned,
     view,
 )
@@ -20,25 +21,22 @@ from fastoptim.kernels.memory import (
 
 @njit(inline="always")
 def decayed_grad(param, grad, square_avg, i, c):  # type: ignore[no-untyped-def]
-    """Element ``i``'s gradient (with L2 decay) and its updated square average.
+    """Element ``i``'s gradient (with L2 decay) and its new square average.
 
     ``c``: (grad factor, L2 on, L2 decay, alpha, 1 - alpha, eps).
     """
     factor, l2, decay, keep, weight, _ = c
     g = load(grad, i) * factor
     g = g + decay * load(param, i) if l2 else g
-    v = load(square_avg, i) * keep + weight * g * g
-    store(square_avg, i, v)
-    return g, v
+    return g, load(square_avg, i) * keep + weight * g * g
 
 
 @njit(inline="always")
-def centered_avg(grad_avg, i, g, v, c):  # type: ignore[no-untyped-def]
-    """Update element ``i``'s gradient average; return sqrt(v - gbar^2) + eps."""
+def centered_stats(grad_avg, i, g, v, c):  # type: ignore[no-untyped-def]
+    """Element ``i``'s new gradient average and sqrt(v - gbar^2) + eps."""
     _, _, _, keep, weight, epsilon = c
     gbar = lerp(load(grad_avg, i), g, weight, keep)
-    store(grad_avg, i, gbar)
-    return np.sqrt(v - gbar * gbar) + epsilon
+    return gbar, np.sqrt(v - gbar * gbar) + epsilon
 
 
 @kernel
@@ -77,43 +75,55 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
     neg_lr, mu = compute(-lr, marker), compute(momentum, marker)
     with_momentum = momentum > 0.0
     grad_avg_row = 5 if with_momentum else 4
-    square_marker = unsigned(state_marker)
+    square = unsigned(state_marker)
+    block = block_size(marker, state_marker)
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        for first in range(start, stop, block_size(state_marker)):
-            last = min(first + block_size(state_marker), stop)
+        scratch = scratch_for(marker, state_marker)
+        for first in range(start, stop, block):
+            last = min(first + block, stop)
             param = open_buffer(memory, 0, tensor, first, last, marker)
+            new_param = open_sink(param, scratch[0])
             grad = view(addresses[1, tensor], last, marker)[first:last]
-            square_avg = open_buffer(memory, 3, tensor, first, last, square_marker)
+            square_avg = open_buffer(memory, 3, tensor, first, last, square)
+            new_square_avg = open_sink(square_avg, scratch[1])
             # Four loops: a buffer used conditionally inside one loop stops vectorization.
             if with_momentum and centered:
                 buffer = open_buffer(memory, 4, tensor, first, last, state_marker)
+                new_buffer = open_sink(buffer, scratch[2])
                 grad_avg = open_buffer(memory, grad_avg_row, tensor, first, last, state_marker)
+                new_grad_avg = open_sink(grad_avg, scratch[3])
                 for i in range(last - first):
                     g, v = decayed_grad(param, grad, square_avg, i, c)
-                    b = load(buffer, i) * mu + g / centered_avg(grad_avg, i, g, v, c)
-                    store(buffer, i, b)
-                    store(param, i, load(param, i) + neg_lr * b)
-                finish(buffer)
-                finish(grad_avg)
+                    gbar, avg = centered_stats(grad_avg, i, g, v, c)
+                    b = load(buffer, i) * mu + g / avg
+                    new_square_avg[i], new_grad_avg[i], new_buffer[i] = v, gbar, b
+                    new_param[i] = load(param, i) + neg_lr * b
+                finish(buffer, new_buffer)
+                finish(grad_avg, new_grad_avg)
             elif with_momentum:
                 buffer = open_buffer(memory, 4, tensor, first, last, state_marker)
+                new_buffer = open_sink(buffer, scratch[2])
                 for i in range(last - first):
                     g, v = decayed_grad(param, grad, square_avg, i, c)
                     b = load(buffer, i) * mu + g / (np.sqrt(v) + epsilon)
-                    store(buffer, i, b)
-                    store(param, i, load(param, i) + neg_lr * b)
-                finish(buffer)
+                    new_square_avg[i], new_buffer[i] = v, b
+                    new_param[i] = load(param, i) + neg_lr * b
+                finish(buffer, new_buffer)
             elif centered:
                 grad_avg = open_buffer(memory, grad_avg_row, tensor, first, last, state_marker)
+                new_grad_avg = open_sink(grad_avg, scratch[2])
                 for i in range(last - first):
                     g, v = decayed_grad(param, grad, square_avg, i, c)
-                    avg = centered_avg(grad_avg, i, g, v, c)
-                    store(param, i, load(param, i) + neg_lr * g / avg)
-                finish(grad_avg)
+                    gbar, avg = centered_stats(grad_avg, i, g, v, c)
+                    new_square_avg[i], new_grad_avg[i] = v, gbar
+                    new_param[i] = load(param, i) + neg_lr * g / avg
+                finish(grad_avg, new_grad_avg)
             else:
                 for i in range(last - first):
                     g, v = decayed_grad(param, grad, square_avg, i, c)
-                    store(param, i, load(param, i) + neg_lr * g / (np.sqrt(v) + epsilon))
-            finish(square_avg)
+                    new_square_avg[i] = v
+                    new_param[i] = load(param, i) + neg_lr * g / (np.sqrt(v) + epsilon)
+            finish(square_avg, new_square_avg)
+            finish(param, new_param)

@@ -10,7 +10,8 @@ from fastoptim.kernels.memory import (
     kernel,
     load,
     open_buffer,
-    store,
+    open_sink,
+    scratch_for,
     view,
 )
 
@@ -41,28 +42,33 @@ def sgd_kernel(  # type: ignore[no-untyped-def]
     neg_lr = compute(-lr, marker)
     mu = compute(momentum, marker)
     undamped = compute(1.0 - dampening, marker)
+    block = block_size(marker, state_marker)
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        for first in range(start, stop, block_size(state_marker)):
-            last = min(first + block_size(state_marker), stop)
+        scratch = scratch_for(marker, state_marker)
+        for first in range(start, stop, block):
+            last = min(first + block, stop)
             param = open_buffer(memory, 0, tensor, first, last, marker)
+            new_param = open_sink(param, scratch[0])
             grad = view(addresses[1, tensor], last, marker)[first:last]
             if momentum == 0.0:
                 for i in range(last - first):
                     g = load(grad, i) * factor
                     p = load(param, i)
                     g = g + decay * p if l2 else g
-                    store(param, i, p + neg_lr * g)
+                    new_param[i] = p + neg_lr * g
             else:
                 buffer = open_buffer(memory, 2, tensor, first, last, state_marker)
+                new_buffer = open_sink(buffer, scratch[1])
                 initial = fresh[tensor]
                 for i in range(last - first):
                     g = load(grad, i) * factor
                     p = load(param, i)
                     g = g + decay * p if l2 else g
                     b = g if initial else load(buffer, i) * mu + undamped * g
-                    store(buffer, i, b)
+                    new_buffer[i] = b
                     g = g + mu * b if nesterov else b
-                    store(param, i, p + neg_lr * g)
-                finish(buffer)
+                    new_param[i] = p + neg_lr * g
+                finish(buffer, new_buffer)
+            finish(param, new_param)
