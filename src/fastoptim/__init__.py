@@ -10,6 +10,16 @@ from fastoptim.algorithms.adamax import Adamax
 from fastoptim.algorithms.adamw import AdamW
 from fastoptim.algorithms.rmsprop import RMSprop
 from fastoptim.algorithms.sgd import SGD
+from fastoptim.state import full_precision_state_dict
 
-__all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "RMSprop"]
+__all__ = [
+    "SGD",
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "RMSprop",
+    "full_precision_state_dict",
+]
 __version__ = "0.1.0"

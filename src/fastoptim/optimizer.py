@@ -46,6 +46,7 @@ KERNEL_MARKERS = {
 }
 STEP_MARKERS = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 STATE_MARKERS: dict[StateFormat, np.dtype] = {**KERNEL_MARKERS, INT8: np.dtype(np.int8)}
+STATE_LAYOUT_OPTIONS = ("state_dtype", "stochastic_rounding")
 
 # Numba's default thread pool serves one kernel at a time: Python threads take turns.
 KERNEL_LOCK = threading.Lock()
@@ -276,7 +277,8 @@ class BaseOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restore pickled or loaded state; options missing from a group take their defaults."""
+        """Restore pickled or loaded state; options missing from a group take this optimizer's
+        values (its constructor's, or the signature's defaults for an older pickle)."""
         super().__setstate__(state)
         self._layouts = {}
         self._state_snapshot = []
@@ -286,9 +288,14 @@ class BaseOptimizer(torch.optim.Optimizer):
             name: parameter.default
             for name, parameter in inspect.signature(type(self).__init__).parameters.items()
         }
+        for name, value in signature_defaults.items():
+            if name not in ("self", "params"):
+                self.defaults.setdefault(name, value)
         for group in self.param_groups:
             for name in self.defaults:
-                group.setdefault(name, signature_defaults.get(name))
+                # A group saved without an option (by torch.optim, or an older fastoptim)
+                # takes this optimizer's value: compact state stays as constructed.
+                group.setdefault(name, self.defaults[name])
             for param in group["params"]:
                 param_state = self.state.get(param)
                 if (
@@ -519,8 +526,9 @@ class BaseOptimizer(torch.optim.Optimizer):
             convert_buffer(state, key, target, signed=key not in self.non_negative_state)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict of fastoptim or torch.optim, converting each buffer to the format
-        of this optimizer's ``state_dtype`` (8-bit codes and scales load back exactly)."""
+        """Load a state dict of fastoptim or torch.optim. Each group keeps this optimizer's
+        ``state_dtype`` and ``stochastic_rounding``; loaded buffers are converted to that format
+        (8-bit codes and scales saved by the same format load back exactly)."""
         compact_keys = (CODES, ABSMAX)
         saved = state_dict["state"]
         compact = {
@@ -536,7 +544,11 @@ class BaseOptimizer(torch.optim.Optimizer):
                 for param_id, s in saved.items()
             }
             state_dict = {**state_dict, "state": stripped}
+        # How state is kept belongs to this optimizer, not to the checkpoint.
+        layouts = [{key: g[key] for key in STATE_LAYOUT_OPTIONS} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, layout in zip(self.param_groups, layouts, strict=True):
+            group.update(layout)
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for param_id, param in zip(saved_ids, params, strict=True):
