@@ -35,8 +35,17 @@ def test_bench_writes_ratios_and_a_table(tmp_path, capsys) -> None:
         assert result["fastoptim_bandwidth_fraction"] > 0
         assert result["torch_best_mode"] in result["median_ms"]
         assert "fastoptim" in result["median_ms"] and "torch fused" in result["median_ms"]
+    compact = {(r["optimizer"], r["state_dtype"]): r for r in report["compact_state"]}
+    assert compact.keys() == {(n, d) for n in ("Adam", "SGD") for d in ("bfloat16", "int8")}
+    assert all(r["ratio_to_float32_state"] > 0 for r in compact.values())
+    # Bytes per parameter are counted from the state: SGD keeps one momentum buffer, Adam two
+    # moments; at this scale most tensors are under 4096 elements and keep float32 state.
+    assert compact["Adam", "bfloat16"]["state_bytes_per_parameter"] == 4.0
+    assert compact["SGD", "bfloat16"]["state_bytes_per_parameter"] == 2.0
+    assert 2.0 < compact["Adam", "int8"]["state_bytes_per_parameter"] <= 8.0
     printed = capsys.readouterr().out
     assert "| many-small | Adam |" in printed and "| many-small | SGD |" in printed
+    assert "| many-small | Adam | int8 |" in printed
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument(
         "--no-first-step", action="store_true", help="skip the cold/warm first-step timing"
     )
+    bench_parser.add_argument(
+        "--no-compact-state",
+        action="store_true",
+        help="skip timing bfloat16 and 8-bit state (state_dtype) against float32 state",
+    )
     return parser
 
 
@@ -131,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"fastoptim bench: error: --out: no directory {out.parent}", file=sys.stderr)
                 return 2
             bench.run(
-                args.optimizers, args.mix, args.repeats, args.scale, out, not args.no_first_step
+                args.optimizers,
+                args.mix,
+                args.repeats,
+                args.scale,
+                out,
+                first_step=not args.no_first_step,
+                compact_state=not args.no_compact_state,
             )
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away, as in `fastoptim tutorial | head`

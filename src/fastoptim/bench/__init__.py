@@ -5,6 +5,8 @@ modes (for-loop, foreach, and fused where torch has it) get their own copy of th
 and are stepped in turn, repetition after repetition, so that machine noise hits all alike.
 Results are ratios of medians to torch's fastest mode, and each optimizer's fraction of the
 memory-bandwidth limit, measured in the same run by a read-modify-write probe (a += s * b).
+fastoptim's bfloat16 and 8-bit state (``state_dtype``) are timed against its float32 state
+the same way, with the bytes of state they keep per parameter.
 """
 
 import json
@@ -24,6 +26,7 @@ import torch
 from numba import njit, prange
 
 import fastoptim
+from fastoptim.state import state_nbytes
 
 # Options benchmarked per optimizer, and the bytes each moves per parameter element in
 # units of the element size: reads + writes of param, grad and state.
@@ -140,6 +143,72 @@ def bench_optimizer(
     )
 
 
+@dataclass
+class CompactResult:
+    mix: str
+    optimizer: str
+    state_dtype: str
+    state_bytes_per_parameter: float
+    ratio_to_float32_state: float
+
+
+COMPACT_STATE = {"bfloat16": torch.bfloat16, "int8": "int8"}
+
+
+def bench_compact_state(
+    name: str, mix: str, shapes: list[tuple[int, ...]], repeats: int
+) -> list[CompactResult]:
+    """fastoptim with bfloat16 and 8-bit state against its float32 state, interleaved: step
+    time ratios, and state bytes per parameter counted from the state tensors."""
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(shape, generator=generator) for shape in shapes]
+    grads = [torch.randn(shape, generator=generator) * 1e-3 for shape in shapes]
+    options, _ = SETTINGS[name]
+    optimizers = {}
+    for label, state_dtype in {"float32": None, **COMPACT_STATE}.items():
+        params = [p.clone().requires_grad_() for p in start]
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad.clone()
+        optimizers[label] = getattr(fastoptim, name)(params, **options, state_dtype=state_dtype)
+        optimizers[label].step()
+    times: dict[str, list[float]] = {label: [] for label in optimizers}
+    for _ in range(repeats):
+        for label, optimizer in optimizers.items():
+            begin = time.perf_counter()
+            optimizer.step()
+            times[label].append(time.perf_counter() - begin)
+    elements = sum(p.numel() for p in start)
+    results = []
+    for label in COMPACT_STATE:
+        state = optimizers[label].state.values()
+        tensors = [value for s in state for key, value in s.items() if key != "step"]
+        ratios = [a / b for a, b in zip(times[label], times["float32"], strict=True)]
+        results.append(
+            CompactResult(
+                mix=mix,
+                optimizer=name,
+                state_dtype=label,
+                state_bytes_per_parameter=state_nbytes(tensors) / elements,
+                ratio_to_float32_state=statistics.median(ratios),
+            )
+        )
+    return results
+
+
+def compact_table(results: list[CompactResult]) -> str:
+    """Compact-state results as a Markdown table."""
+    lines = [
+        "| mix | optimizer | state | state bytes per parameter | step time / float32 state |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.mix} | {r.optimizer} | {r.state_dtype} | {r.state_bytes_per_parameter:.2f} "
+            f"| {r.ratio_to_float32_state:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
 FIRST_STEP = """
 import time, torch, fastoptim
 params = [torch.randn(256, 256, requires_grad=True) for _ in range(8)]
@@ -192,6 +261,7 @@ def run(
     scale: float,
     out: Path | None,
     first_step: bool,
+    compact_state: bool = True,
 ) -> dict[str, Any]:
     """Run the benchmark, print its table and return (and optionally write) the JSON report."""
     shapes = {mix: MIXES[mix](scale) for mix in mixes}
@@ -206,18 +276,28 @@ def run(
                 f"{mix:12} {name:9} {result.ratio_to_torch_best:5.2f}x of {result.torch_best_mode}",
                 flush=True,
             )
+    compact: list[CompactResult] = []
+    if compact_state:
+        mix = "transformer" if "transformer" in mixes else mixes[0]
+        for name in optimizers:
+            compact += bench_compact_state(name, mix, shapes[mix], repeats)
+            print(f"{mix:12} {name:9} compact state measured", flush=True)
     report: dict[str, Any] = {
         "command": " ".join(["fastoptim", "bench", *sys.argv[2:]]),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "bandwidth_gb_per_s": bytes_per_second / 1e9,
         "results": [asdict(result) for result in results],
+        "compact_state": [asdict(result) for result in compact],
     }
     if first_step:
         cold, warm = first_step_seconds()
         report["first_step_seconds"] = {"cold_cache": cold, "warm_cache": warm}
     print()
     print(table(results))
+    if compact:
+        print()
+        print(compact_table(compact))
     if first_step:
         print(f"\nFirst Adam step in a new process: {cold:.2f} s cold cache, {warm:.2f} s warm")
     if out is not None:

@@ -61,12 +61,13 @@ def sgd_kernel(  # type: ignore[no-untyped-def]
             else:
                 buffer = open_buffer(memory, 2, tensor, first, last, state_marker)
                 new_buffer = open_sink(buffer, scratch[1])
-                initial = fresh[tensor]
+                keep = compute(0.0, marker) if fresh[tensor] else mu
+                weight = compute(1.0, marker) if fresh[tensor] else undamped
                 for i in range(last - first):
                     g = load(grad, i) * factor
                     p = load(param, i)
                     g = g + decay * p if l2 else g
-                    b = g if initial else load(buffer, i) * mu + undamped * g
+                    b = load(buffer, i) * keep + weight * g
                     new_buffer[i] = b
                     g = g + mu * b if nesterov else b
                     new_param[i] = p + neg_lr * g
