@@ -70,6 +70,24 @@ def test_state_layout(name: str, state_dtype) -> None:
         assert optimizer.state[big]["step"].dtype == torch.float32
 
 
+@pytest.mark.parametrize("state_dtype", COMPACT, ids=["bf16", "int8"])
+def test_float64_parameters_take_compact_state(state_dtype) -> None:
+    big, small = (torch.randn(n, dtype=torch.float64, requires_grad=True) for n in (5000, 10))
+    compact = fastoptim.Adam([big, small], state_dtype=state_dtype)
+    twin = [p.detach().clone().requires_grad_() for p in (big, small)]
+    full = fastoptim.Adam(twin)
+    for _ in range(3):
+        for a, b in zip((big, small), twin, strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        compact.step()
+        full.step()
+    expected_small = torch.float64 if state_dtype == "int8" else torch.bfloat16
+    assert compact.state[small]["exp_avg"].dtype == expected_small
+    for a, b in zip((big, small), twin, strict=True):  # each step moves a parameter by ~lr
+        assert (a - b).abs().max().item() < 1e-3
+
+
 def state_bytes_per_parameter(optimizer: torch.optim.Optimizer) -> float:
     tensors = [v for s in optimizer.state.values() for k, v in s.items() if k != "step"]
     numel = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
@@ -147,23 +165,30 @@ def test_stochastic_rounding_of_8bit_codes_is_unbiased(code_dtype, value: float)
     assert abs(_mean_of_roundings(value, codes, count) - value) <= tolerance
 
 
-def seeded_run(seed: int, state_dtype) -> list[torch.Tensor]:
+def seeded_run(seed: int, state_dtype, dtype: torch.dtype) -> list[torch.Tensor]:
     torch.manual_seed(seed)
-    params = [torch.randn(64, 128, requires_grad=True), torch.randn(100, requires_grad=True)]
+    params = [torch.randn(64, 128, dtype=dtype), torch.randn(100, dtype=dtype)]
+    params = [p.requires_grad_() for p in params]
     optimizer = fastoptim.Adam(params, lr=1e-2, state_dtype=state_dtype)
     generator = torch.Generator().manual_seed(3)
     for _ in range(5):
         for param in params:
-            param.grad = torch.randn(param.shape, generator=generator)
+            param.grad = torch.randn(param.shape, generator=generator).to(dtype)
         optimizer.step()
     return [p.detach().clone() for p in params] + [
         t.clone() for s in optimizer.state.values() for t in s.values()
     ]
 
 
-@pytest.mark.parametrize("state_dtype", COMPACT, ids=["bf16", "int8"])
-def test_runs_under_the_same_seed_repeat(state_dtype) -> None:
-    first, again, other = (seeded_run(seed, state_dtype) for seed in (0, 0, 1))
+@pytest.mark.parametrize(
+    ("state_dtype", "dtype"),
+    [(torch.bfloat16, torch.float32), ("int8", torch.float32), (None, torch.bfloat16)],
+    ids=["bf16-state", "int8-state", "bf16-params"],
+)
+def test_runs_under_the_same_seed_repeat(state_dtype, dtype) -> None:
+    """Stochastic rounding draws from torch's seed: same seed, same run; another seed
+    rounds differently."""
+    first, again, other = (seeded_run(seed, state_dtype, dtype) for seed in (0, 0, 1))
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
