@@ -12,6 +12,7 @@ from fastoptim.kernels.memory import (
     load,
     open_buffer,
     open_sink,
+    put,
     scratch_for,
     unsigned,
     view,
@@ -59,9 +60,9 @@ def adadelta_kernel(  # type: ignore[no-untyped-def]
                 v = load(square_avg, i) * keep + weight * g * g
                 a = load(acc_delta, i)
                 delta = np.sqrt(a + epsilon) / np.sqrt(v + epsilon) * g
-                new_square_avg[i] = v
-                new_acc_delta[i] = a * keep + weight * delta * delta
-                new_param[i] = p + neg_lr * delta
+                put(new_square_avg, i, v, square_avg)
+                put(new_acc_delta, i, a * keep + weight * delta * delta, acc_delta)
+                put(new_param, i, p + neg_lr * delta, param)
             finish(square_avg, new_square_avg)
             finish(acc_delta, new_acc_delta)
             finish(param, new_param)

@@ -12,6 +12,7 @@ from fastoptim.kernels.memory import (
     load,
     open_buffer,
     open_sink,
+    put,
     scratch_for,
     unsigned,
     view,
@@ -57,7 +58,7 @@ def adagrad_kernel(  # type: ignore[no-untyped-def]
                 p = load(param, i)
                 g = g + decay * p if l2 else g
                 s = load(total, i) + g * g
-                new_total[i] = s
-                new_param[i] = p + neg_clr * g / (np.sqrt(s) + epsilon)
+                put(new_total, i, s, total)
+                put(new_param, i, p + neg_clr * g / (np.sqrt(s) + epsilon), param)
             finish(total, new_total)
             finish(param, new_param)

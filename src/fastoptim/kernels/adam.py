@@ -14,6 +14,7 @@ from fastoptim.kernels.memory import (
     maximum,
     open_buffer,
     open_sink,
+    put,
     scratch_for,
     unsigned,
     view,
@@ -100,16 +101,28 @@ def adam_kernel(  # type: ignore[no-untyped-def]
                 new_max = open_sink(max_exp_avg_sq, scratch[3])
                 for i in range(last - first):
                     p, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
-                    new_exp_avg[i], new_exp_avg_sq[i] = m, v
+                    put(new_exp_avg, i, m, exp_avg)
+                    put(new_exp_avg_sq, i, v, exp_avg_sq)
                     v = maximum(load(max_exp_avg_sq, i), v)
-                    new_max[i] = v
-                    new_param[i] = p + neg_step_size * m / (np.sqrt(v) / correction2 + epsilon)
+                    put(new_max, i, v, max_exp_avg_sq)
+                    put(
+                        new_param,
+                        i,
+                        p + neg_step_size * m / (np.sqrt(v) / correction2 + epsilon),
+                        param,
+                    )
                 finish(max_exp_avg_sq, new_max)
             else:
                 for i in range(last - first):
                     p, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
-                    new_exp_avg[i], new_exp_avg_sq[i] = m, v
-                    new_param[i] = p + neg_step_size * m / (np.sqrt(v) / correction2 + epsilon)
+                    put(new_exp_avg, i, m, exp_avg)
+                    put(new_exp_avg_sq, i, v, exp_avg_sq)
+                    put(
+                        new_param,
+                        i,
+                        p + neg_step_size * m / (np.sqrt(v) / correction2 + epsilon),
+                        param,
+                    )
             finish(exp_avg, new_exp_avg)
             finish(exp_avg_sq, new_exp_avg_sq)
             finish(param, new_param)

@@ -14,6 +14,7 @@ from fastoptim.kernels.memory import (
     maximum,
     open_buffer,
     open_sink,
+    put,
     scratch_for,
     unsigned,
     view,
@@ -75,9 +76,9 @@ def adamax_kernel(  # type: ignore[no-untyped-def]
                 g = g + decay * p if l2 else g
                 m = lerp(load(exp_avg, i), g, weight1, keep1)
                 u = maximum(load(exp_inf, i) * keep2, np.abs(g) + epsilon)
-                new_exp_avg[i] = m
-                new_exp_inf[i] = u
-                new_param[i] = p + neg_clr * m / u
+                put(new_exp_avg, i, m, exp_avg)
+                put(new_exp_inf, i, u, exp_inf)
+                put(new_param, i, p + neg_clr * m / u, param)
             finish(exp_avg, new_exp_avg)
             finish(exp_inf, new_exp_inf)
             finish(param, new_param)

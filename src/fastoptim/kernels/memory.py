@@ -248,9 +248,9 @@ def _open_buffer(memory, row, tensor, first, last, marker):  # type: ignore[no-u
 
 
 def open_sink(source, scratch):  # type: ignore[no-untyped-def]
-    """Where a kernel writes the new compute-type values of an opened block: the block itself
-    for float32/float64, else the start of ``scratch`` (float32, QBLOCK long) for ``finish``
-    to encode into the source."""
+    """Where a kernel ``put``s the new values of an opened block: the block itself for
+    float32, float64 and bfloat16, else the start of ``scratch`` (float32, QBLOCK long) for
+    ``finish`` to encode into the 8-bit source."""
 
 
 @overload(open_sink, inline="always")
@@ -258,13 +258,34 @@ def _open_sink(source, scratch):  # type: ignore[no-untyped-def]
     if isinstance(source, types.BaseNamedTuple) and source.instance_class is Quantized:
         return lambda source, scratch: scratch[: source.codes.size]
     if isinstance(source, types.BaseNamedTuple) and source.instance_class is Rounded:
-        return lambda source, scratch: scratch[: source.bits.size]
+        return lambda source, scratch: source.bits
     return lambda source, scratch: source
 
 
+def put(sink, index, value, source):  # type: ignore[no-untyped-def]
+    """Write the new compute-type ``value`` of element ``index`` to ``sink`` (from
+    ``open_sink(source, ...)``): as is, or rounded to bfloat16 for a ``Rounded`` source."""
+
+
+@overload(put, inline="always")
+def _put(sink, index, value, source):  # type: ignore[no-untyped-def]
+    if isinstance(source, types.BaseNamedTuple) and source.instance_class is Rounded:
+
+        def rounded(sink, index, value, source):  # type: ignore[no-untyped-def]
+            bits = random_bits(source.key, source.offset + index)
+            sink[index] = round_to_bfloat16(value, source.stochastic, bits)
+
+        return rounded
+
+    def plain(sink, index, value, source):  # type: ignore[no-untyped-def]
+        sink[index] = value
+
+    return plain
+
+
 def scratch_for(marker, state_marker):  # type: ignore[no-untyped-def]
-    """Four float32 sinks of QBLOCK values for a kernel row, when bfloat16 or 8-bit values are
-    written; a token array otherwise."""
+    """Four float32 sinks of QBLOCK values for a kernel row that writes 8-bit or bfloat16
+    values; a token array otherwise."""
 
 
 @overload(scratch_for, inline="always")
@@ -286,8 +307,9 @@ def _unsigned(marker):  # type: ignore[no-untyped-def]
 
 
 def block_size(marker, state_marker):  # type: ignore[no-untyped-def]
-    """Elements a kernel handles between ``finish`` calls: QBLOCK when parameters or state
-    are bfloat16 or 8-bit (their new values are staged in a small float32 sink), else CHUNK."""
+    """Elements a kernel handles between ``finish`` calls: QBLOCK for 8-bit state (whose new
+    values are staged in a small float32 sink) and for bfloat16 (measured faster), else
+    CHUNK."""
 
 
 @overload(block_size, inline="always")
@@ -298,7 +320,7 @@ def _block_size(marker, state_marker):  # type: ignore[no-untyped-def]
 
 
 def finish(source, sink):  # type: ignore[no-untyped-def]
-    """End a block: write the values staged in ``sink`` to a bfloat16 or 8-bit ``source``."""
+    """End a block: encode the values staged in ``sink`` into an 8-bit ``source``."""
 
 
 # Not inlined at Numba level: an inlined function that writes through a namedtuple member
@@ -321,15 +343,6 @@ def _finish(source, sink):  # type: ignore[no-untyped-def]
                 codes[i] = encode_code(sink[i] * inverse, codes, source.stochastic, bits)
 
         return quantize_block
-    if isinstance(source, types.BaseNamedTuple) and source.instance_class is Rounded:
-
-        def round_block(source, sink):  # type: ignore[no-untyped-def]
-            out = source.bits
-            for i in range(sink.size):
-                bits = random_bits(source.key, source.offset + i)
-                out[i] = round_to_bfloat16(sink[i], source.stochastic, bits)
-
-        return round_block
     return lambda source, sink: None
 
 

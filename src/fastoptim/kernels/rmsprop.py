@@ -13,6 +13,7 @@ from fastoptim.kernels.memory import (
     load,
     open_buffer,
     open_sink,
+    put,
     scratch_for,
     unsigned,
     view,
@@ -98,8 +99,10 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
                     g, v = decayed_grad(param, grad, square_avg, i, c)
                     gbar, avg = centered_stats(grad_avg, i, g, v, c)
                     b = load(buffer, i) * mu + g / avg
-                    new_square_avg[i], new_grad_avg[i], new_buffer[i] = v, gbar, b
-                    new_param[i] = load(param, i) + neg_lr * b
+                    put(new_square_avg, i, v, square_avg)
+                    put(new_grad_avg, i, gbar, grad_avg)
+                    put(new_buffer, i, b, buffer)
+                    put(new_param, i, load(param, i) + neg_lr * b, param)
                 finish(buffer, new_buffer)
                 finish(grad_avg, new_grad_avg)
             elif with_momentum:
@@ -108,8 +111,9 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
                 for i in range(last - first):
                     g, v = decayed_grad(param, grad, square_avg, i, c)
                     b = load(buffer, i) * mu + g / (np.sqrt(v) + epsilon)
-                    new_square_avg[i], new_buffer[i] = v, b
-                    new_param[i] = load(param, i) + neg_lr * b
+                    put(new_square_avg, i, v, square_avg)
+                    put(new_buffer, i, b, buffer)
+                    put(new_param, i, load(param, i) + neg_lr * b, param)
                 finish(buffer, new_buffer)
             elif centered:
                 grad_avg = open_buffer(memory, grad_avg_row, tensor, first, last, state_marker)
@@ -117,13 +121,14 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
                 for i in range(last - first):
                     g, v = decayed_grad(param, grad, square_avg, i, c)
                     gbar, avg = centered_stats(grad_avg, i, g, v, c)
-                    new_square_avg[i], new_grad_avg[i] = v, gbar
-                    new_param[i] = load(param, i) + neg_lr * g / avg
+                    put(new_square_avg, i, v, square_avg)
+                    put(new_grad_avg, i, gbar, grad_avg)
+                    put(new_param, i, load(param, i) + neg_lr * g / avg, param)
                 finish(grad_avg, new_grad_avg)
             else:
                 for i in range(last - first):
                     g, v = decayed_grad(param, grad, square_avg, i, c)
-                    new_square_avg[i] = v
-                    new_param[i] = load(param, i) + neg_lr * g / (np.sqrt(v) + epsilon)
+                    put(new_square_avg, i, v, square_avg)
+                    put(new_param, i, load(param, i) + neg_lr * g / (np.sqrt(v) + epsilon), param)
             finish(square_avg, new_square_avg)
             finish(param, new_param)

@@ -11,6 +11,7 @@ from fastoptim.kernels.memory import (
     load,
     open_buffer,
     open_sink,
+    put,
     scratch_for,
     view,
 )
@@ -57,7 +58,7 @@ def sgd_kernel(  # type: ignore[no-untyped-def]
                     g = load(grad, i) * factor
                     p = load(param, i)
                     g = g + decay * p if l2 else g
-                    new_param[i] = p + neg_lr * g
+                    put(new_param, i, p + neg_lr * g, param)
             else:
                 buffer = open_buffer(memory, 2, tensor, first, last, state_marker)
                 new_buffer = open_sink(buffer, scratch[1])
@@ -68,8 +69,8 @@ def sgd_kernel(  # type: ignore[no-untyped-def]
                     p = load(param, i)
                     g = g + decay * p if l2 else g
                     b = load(buffer, i) * keep + weight * g
-                    new_buffer[i] = b
+                    put(new_buffer, i, b, buffer)
                     g = g + mu * b if nesterov else b
-                    new_param[i] = p + neg_lr * g
+                    put(new_param, i, p + neg_lr * g, param)
                 finish(buffer, new_buffer)
             finish(param, new_param)
