@@ -105,6 +105,19 @@ class Result:
     median_ms: dict[str, float]
 
 
+def interleaved_step_times(
+    optimizers: dict[str, torch.optim.Optimizer], repeats: int
+) -> dict[str, list[float]]:
+    """Seconds of each optimizer's ``step()``, ``repeats`` times, taking turns."""
+    times: dict[str, list[float]] = {label: [] for label in optimizers}
+    for _ in range(repeats):
+        for label, optimizer in optimizers.items():
+            begin = time.perf_counter()
+            optimizer.step()
+            times[label].append(time.perf_counter() - begin)
+    return times
+
+
 def bench_optimizer(
     name: str, mix: str, shapes: list[tuple[int, ...]], repeats: int, bytes_per_second: float
 ) -> Result:
@@ -120,12 +133,7 @@ def bench_optimizer(
             param.grad = grad.clone()
         optimizers[label] = cls(params, **options, **mode)
         optimizers[label].step()  # warm-up: compilation, state creation
-    times: dict[str, list[float]] = {label: [] for label in optimizers}
-    for _ in range(repeats):
-        for label, optimizer in optimizers.items():
-            begin = time.perf_counter()
-            optimizer.step()
-            times[label].append(time.perf_counter() - begin)
+    times = interleaved_step_times(optimizers, repeats)
     medians = {label: statistics.median(values) for label, values in times.items()}
     best = min((label for label in medians if label != "fastoptim"), key=medians.__getitem__)
     ratios = [ours / theirs for ours, theirs in zip(times["fastoptim"], times[best], strict=True)]
@@ -171,12 +179,7 @@ def bench_compact_state(
             param.grad = grad.clone()
         optimizers[label] = getattr(fastoptim, name)(params, **options, state_dtype=state_dtype)
         optimizers[label].step()
-    times: dict[str, list[float]] = {label: [] for label in optimizers}
-    for _ in range(repeats):
-        for label, optimizer in optimizers.items():
-            begin = time.perf_counter()
-            optimizer.step()
-            times[label].append(time.perf_counter() - begin)
+    times = interleaved_step_times(optimizers, repeats)
     elements = sum(p.numel() for p in start)
     results = []
     for label in COMPACT_STATE:

@@ -7,6 +7,7 @@ from fastoptim.kernels.memory import (
     block_size,
     chunks_of,
     compute,
+    decayed_grad,
     finish,
     kernel,
     load,
@@ -54,9 +55,7 @@ def adadelta_kernel(  # type: ignore[no-untyped-def]
             acc_delta = open_buffer(memory, 4, tensor, first, last, square)
             new_acc_delta = open_sink(acc_delta, scratch[2])
             for i in range(last - first):
-                g = load(grad, i) * factor
-                p = load(param, i)
-                g = g + decay * p if l2 else g
+                p, g = decayed_grad(param, grad, i, factor, l2, decay)
                 v = load(square_avg, i) * keep + weight * g * g
                 a = load(acc_delta, i)
                 delta = np.sqrt(a + epsilon) / np.sqrt(v + epsilon) * g

@@ -7,6 +7,7 @@ from fastoptim.kernels.memory import (
     block_size,
     chunks_of,
     compute,
+    decayed_grad,
     finish,
     kernel,
     load,
@@ -54,9 +55,7 @@ def adagrad_kernel(  # type: ignore[no-untyped-def]
             total = open_buffer(memory, 3, tensor, first, last, square)
             new_total = open_sink(total, scratch[1])
             for i in range(last - first):
-                g = load(grad, i) * factor
-                p = load(param, i)
-                g = g + decay * p if l2 else g
+                p, g = decayed_grad(param, grad, i, factor, l2, decay)
                 s = load(total, i) + g * g
                 put(new_total, i, s, total)
                 put(new_param, i, p + neg_clr * g / (np.sqrt(s) + epsilon), param)

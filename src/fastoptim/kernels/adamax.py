@@ -7,6 +7,7 @@ from fastoptim.kernels.memory import (
     block_size,
     chunks_of,
     compute,
+    decayed_grad,
     finish,
     kernel,
     lerp,
@@ -71,9 +72,7 @@ def adamax_kernel(  # type: ignore[no-untyped-def]
             exp_inf = open_buffer(memory, 4, tensor, first, last, square)
             new_exp_inf = open_sink(exp_inf, scratch[2])
             for i in range(last - first):
-                g = load(grad, i) * factor
-                p = load(param, i)
-                g = g + decay * p if l2 else g
+                p, g = decayed_grad(param, grad, i, factor, l2, decay)
                 m = lerp(load(exp_avg, i), g, weight1, keep1)
                 u = maximum(load(exp_inf, i) * keep2, np.abs(g) + epsilon)
                 put(new_exp_avg, i, m, exp_avg)

@@ -362,6 +362,14 @@ def _load(array, index):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
+def decayed_grad(param, grad, i, factor, l2, decay):  # type: ignore[no-untyped-def]
+    """Element ``i``'s (param, gradient): g = grad * factor, then g + decay * p with L2."""
+    g = load(grad, i) * factor
+    p = load(param, i)
+    return p, g + decay * p if l2 else g
+
+
+@njit(inline="always")
 def lerp(start, end, weight, one_minus_weight):  # type: ignore[no-untyped-def]
     """``start + weight * (end - start)``, evaluated from the nearer end as torch.lerp does."""
     if weight < 0.5:

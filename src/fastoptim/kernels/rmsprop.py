@@ -7,6 +7,7 @@ from fastoptim.kernels.memory import (
     block_size,
     chunks_of,
     compute,
+    decayed_grad,
     finish,
     kernel,
     lerp,
@@ -21,14 +22,13 @@ from fastoptim.kernels.memory import (
 
 
 @njit(inline="always")
-def decayed_grad(param, grad, square_avg, i, c):  # type: ignore[no-untyped-def]
+def grad_and_square_avg(param, grad, square_avg, i, c):  # type: ignore[no-untyped-def]
     """Element ``i``'s gradient (with L2 decay) and its new square average.
 
     ``c``: (grad factor, L2 on, L2 decay, alpha, 1 - alpha, eps).
     """
     factor, l2, decay, keep, weight, _ = c
-    g = load(grad, i) * factor
-    g = g + decay * load(param, i) if l2 else g
+    _, g = decayed_grad(param, grad, i, factor, l2, decay)
     return g, load(square_avg, i) * keep + weight * g * g
 
 
@@ -96,7 +96,7 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
                 grad_avg = open_buffer(memory, grad_avg_row, tensor, first, last, state_marker)
                 new_grad_avg = open_sink(grad_avg, scratch[3])
                 for i in range(last - first):
-                    g, v = decayed_grad(param, grad, square_avg, i, c)
+                    g, v = grad_and_square_avg(param, grad, square_avg, i, c)
                     gbar, avg = centered_stats(grad_avg, i, g, v, c)
                     b = load(buffer, i) * mu + g / avg
                     put(new_square_avg, i, v, square_avg)
@@ -109,7 +109,7 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
                 buffer = open_buffer(memory, 4, tensor, first, last, state_marker)
                 new_buffer = open_sink(buffer, scratch[2])
                 for i in range(last - first):
-                    g, v = decayed_grad(param, grad, square_avg, i, c)
+                    g, v = grad_and_square_avg(param, grad, square_avg, i, c)
                     b = load(buffer, i) * mu + g / (np.sqrt(v) + epsilon)
                     put(new_square_avg, i, v, square_avg)
                     put(new_buffer, i, b, buffer)
@@ -119,7 +119,7 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
                 grad_avg = open_buffer(memory, grad_avg_row, tensor, first, last, state_marker)
                 new_grad_avg = open_sink(grad_avg, scratch[2])
                 for i in range(last - first):
-                    g, v = decayed_grad(param, grad, square_avg, i, c)
+                    g, v = grad_and_square_avg(param, grad, square_avg, i, c)
                     gbar, avg = centered_stats(grad_avg, i, g, v, c)
                     put(new_square_avg, i, v, square_avg)
                     put(new_grad_avg, i, gbar, grad_avg)
@@ -127,7 +127,7 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
                 finish(grad_avg, new_grad_avg)
             else:
                 for i in range(last - first):
-                    g, v = decayed_grad(param, grad, square_avg, i, c)
+                    g, v = grad_and_square_avg(param, grad, square_avg, i, c)
                     put(new_square_avg, i, v, square_avg)
                     put(new_param, i, load(param, i) + neg_lr * g / (np.sqrt(v) + epsilon), param)
             finish(square_avg, new_square_avg)

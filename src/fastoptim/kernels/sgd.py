@@ -6,6 +6,7 @@ from fastoptim.kernels.memory import (
     block_size,
     chunks_of,
     compute,
+    decayed_grad,
     finish,
     kernel,
     load,
@@ -55,9 +56,7 @@ def sgd_kernel(  # type: ignore[no-untyped-def]
             grad = view(addresses[1, tensor], last, marker)[first:last]
             if momentum == 0.0:
                 for i in range(last - first):
-                    g = load(grad, i) * factor
-                    p = load(param, i)
-                    g = g + decay * p if l2 else g
+                    p, g = decayed_grad(param, grad, i, factor, l2, decay)
                     put(new_param, i, p + neg_lr * g, param)
             else:
                 buffer = open_buffer(memory, 2, tensor, first, last, state_marker)
@@ -65,9 +64,7 @@ def sgd_kernel(  # type: ignore[no-untyped-def]
                 keep = compute(0.0, marker) if fresh[tensor] else mu
                 weight = compute(1.0, marker) if fresh[tensor] else undamped
                 for i in range(last - first):
-                    g = load(grad, i) * factor
-                    p = load(param, i)
-                    g = g + decay * p if l2 else g
+                    p, g = decayed_grad(param, grad, i, factor, l2, decay)
                     b = load(buffer, i) * keep + weight * g
                     put(new_buffer, i, b, buffer)
                     g = g + mu * b if nesterov else b
