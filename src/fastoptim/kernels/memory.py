@@ -82,6 +82,18 @@ def _float32_to_bits(typingctx, value):  # type: ignore[no-untyped-def]
     return types.uint32(types.float32), codegen
 
 
+@intrinsic
+def _magnitude_bits(typingctx, value):  # type: ignore[no-untyped-def]
+    """A float32's bits without its sign, as int32: they order as the magnitudes do (NaN
+    above infinity), and an int32 maximum over them vectorizes where a float one does not."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i32 = ir.IntType(32)
+        return builder.and_(builder.bitcast(args[0], i32), ir.Constant(i32, 0x7FFFFFFF))
+
+    return types.int32(types.float32), codegen
+
+
 @njit(inline="always")
 def view(address, size, marker):  # type: ignore[no-untyped-def]
     """The ``size`` elements of storage type ``marker`` at ``address`` as a 1-d array."""
@@ -155,16 +167,18 @@ def _encode_magnitude(typingctx, y, bias, subnormal_step, stochastic, bits):  # 
         normal = builder.sub(
             builder.lshr(builder.add(raw, rounding), ir.Constant(i32, 20)), bias_value
         )
-        # Subnormal codes: value / step, plus a uniform fraction in [0, 1) or 0.5.
+        # Subnormal codes: value / step (a power of two: multiply by its exact inverse), plus
+        # a uniform fraction in [0, 1) or 0.5.
         fraction = builder.select(
             chance,
-            builder.fmul(
-                builder.uitofp(builder.lshr(random, ir.Constant(i32, 8)), f32),
-                ir.Constant(f32, 2.0**-24),
+            builder.fmul(  # 23 random bits: a signed conversion, which vectorizes
+                builder.sitofp(builder.lshr(random, ir.Constant(i32, 9)), f32),
+                ir.Constant(f32, 2.0**-23),
             ),
             ir.Constant(f32, 0.5),
         )
-        subnormal = builder.fptosi(builder.fadd(builder.fdiv(value, step), fraction), i32)
+        inverse = builder.fdiv(ir.Constant(f32, 1.0), step)  # folded: step is a constant
+        subnormal = builder.fptosi(builder.fadd(builder.fmul(value, inverse), fraction), i32)
         small = builder.fcmp_ordered("<", value, builder.fmul(step, ir.Constant(f32, 8.0)))
         return builder.select(small, subnormal, normal)
 
@@ -324,18 +338,18 @@ def finish(source, sink):  # type: ignore[no-untyped-def]
 
 
 # Not inlined at Numba level: an inlined function that writes through a namedtuple member
-# loses the write (Numba 0.68). "No NaN" lets the block's absmax reduction vectorize; a NaN in
-# a block makes its scale (and so the whole block) NaN either way.
-@overload(finish, jit_options={"fastmath": {"nnan", "nsz", "contract"}})
+# loses the write (Numba 0.68).
+@overload(finish)
 def _finish(source, sink):  # type: ignore[no-untyped-def]
     if isinstance(source, types.BaseNamedTuple) and source.instance_class is Quantized:
 
         def quantize_block(source, sink):  # type: ignore[no-untyped-def]
             codes = source.codes
-            absmax = np.float32(0.0)
+            largest = np.int32(0)
             for i in range(sink.size):
-                absmax = max(absmax, abs(sink[i]))
-            scale = block_scale(absmax)
+                magnitude = _magnitude_bits(sink[i])
+                largest = magnitude if magnitude > largest else largest
+            scale = block_scale(_bits_to_float32(np.uint32(largest)))
             source.scale[0] = scale
             inverse = np.float32(1.0) / scale if scale > 0 else np.float32(1.0)  # exact
             for i in range(sink.size):
