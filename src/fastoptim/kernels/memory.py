@@ -7,14 +7,13 @@ Arithmetic runs in the compute type of the parameters' marker: float64 for float
 otherwise.
 
 A kernel opens each tensor's block of elements with ``open_buffer`` as a source, read with
-``load(source, i)``, and with ``open_sink(source, scratch)`` as the array it writes the new
-values to;
-it ends the block with ``finish(source, sink)``:
+``load(source, i)``, and with ``open_sink(source, scratch)`` as the array it writes to with
+``put(sink, i, value, source)``; it ends the block with ``finish(source, sink)``:
 
 - float32/float64: source and sink are the same array view; ``finish`` does nothing.
-- bfloat16: the source is ``Rounded``, the sink a float32 block that ``finish`` rounds to
-  bfloat16: to nearest (ties to even) or, with ``stochastic``, up or down with probabilities
-  given by the distance (unbiased).
+- bfloat16: the source is ``Rounded`` and the sink its bits; ``put`` rounds to bfloat16: to
+  nearest (ties to even) or, with ``stochastic``, up or down with probabilities given by the
+  distance (unbiased).
 - 8-bit: the source is ``Quantized``: a block of at most ``QBLOCK`` codes and the block's
   scale. ``finish`` sets the scale to the smallest power of two at least 1/1.875 of the
   largest magnitude in the sink (so an unchanged value keeps its code's value when the scale
@@ -298,13 +297,13 @@ def _put(sink, index, value, source):  # type: ignore[no-untyped-def]
 
 
 def scratch_for(marker, state_marker):  # type: ignore[no-untyped-def]
-    """Four float32 sinks of QBLOCK values for a kernel row that writes 8-bit or bfloat16
-    values; a token array otherwise."""
+    """Four float32 sinks of QBLOCK values for a kernel row with 8-bit state; a token array
+    otherwise."""
 
 
 @overload(scratch_for, inline="always")
 def _scratch_for(marker, state_marker):  # type: ignore[no-untyped-def]
-    if marker.dtype == types.uint16 or state_marker.dtype in (types.uint16, types.int8):
+    if state_marker.dtype == types.int8:
         return lambda marker, state_marker: np.empty((4, QBLOCK), np.float32)
     return lambda marker, state_marker: np.empty((4, 0), np.float32)
 
@@ -322,13 +321,12 @@ def _unsigned(marker):  # type: ignore[no-untyped-def]
 
 def block_size(marker, state_marker):  # type: ignore[no-untyped-def]
     """Elements a kernel handles between ``finish`` calls: QBLOCK for 8-bit state (whose new
-    values are staged in a small float32 sink) and for bfloat16 (measured faster), else
-    CHUNK."""
+    values are staged in a small float32 sink), else CHUNK."""
 
 
 @overload(block_size, inline="always")
 def _block_size(marker, state_marker):  # type: ignore[no-untyped-def]
-    if marker.dtype == types.uint16 or state_marker.dtype in (types.uint16, types.int8):
+    if state_marker.dtype == types.int8:
         return lambda marker, state_marker: QBLOCK
     return lambda marker, state_marker: CHUNK
 
