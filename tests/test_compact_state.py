@@ -224,6 +224,38 @@ def test_compact_state_dict_loads_back_exactly(name: str, state_dtype) -> None:
             assert torch.equal(value, state_b[key]), key
 
 
+@pytest.mark.parametrize("state_dtype", COMPACT, ids=["bf16", "int8"])
+def test_a_resumed_run_rounds_as_an_uninterrupted_one(state_dtype) -> None:
+    def steps(optimizer: torch.optim.Optimizer, params: list, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(3):
+            for param in params:
+                param.grad = torch.randn(param.shape, generator=generator)
+            optimizer.step()
+
+    start = torch.randn(64, 128)
+    whole = [start.clone().requires_grad_()]
+    uninterrupted = fastoptim.Adam(whole, state_dtype=state_dtype)
+    steps(uninterrupted, whole, seed=1)
+    checkpoint = round_trip({"param": whole[0].detach().clone(), **uninterrupted.state_dict()})
+    steps(uninterrupted, whole, seed=2)
+
+    torch.manual_seed(12345)  # another process's seed: the checkpoint's stream still applies
+    resumed = [checkpoint.pop("param").requires_grad_()]
+    optimizer = fastoptim.Adam(resumed, state_dtype=state_dtype)
+    optimizer.load_state_dict(checkpoint)
+    steps(optimizer, resumed, seed=2)
+    assert torch.equal(resumed[0], whole[0])
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            optimizer.state[resumed[0]].values(),
+            uninterrupted.state[whole[0]].values(),
+            strict=True,
+        )
+    )
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_full_precision_state_converts_on_load(name: str) -> None:
     params = [torch.randn(64, 128, requires_grad=True)]
@@ -259,6 +291,7 @@ def test_full_precision_state_dict_is_loadable_by_torch(name: str) -> None:
             if key in state or key + "_codes" in state:
                 assert torch.equal(loaded[key], buffer(state, key))
     assert all("state_dtype" not in group for group in converted["param_groups"])
+    assert "rounding" not in converted
     plain = getattr(fastoptim, name)(params, **options(name))
     plain.load_state_dict(round_trip(compact.state_dict()))  # 8-bit codes expand on load
     assert all(not str(k).endswith("_codes") for s in plain.state.values() for k in s)

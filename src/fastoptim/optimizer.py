@@ -525,6 +525,13 @@ class BaseOptimizer(torch.optim.Optimizer):
         for key in self.state_buffers:
             convert_buffer(state, key, target, signed=key not in self.non_negative_state)
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict, plus ``"rounding"``: where the random stream of stochastic
+        rounding stands (seed and steps), so a resumed run rounds as an uninterrupted one."""
+        state_dict = super().state_dict()
+        state_dict["rounding"] = {"seed": self._rounding_seed, "steps": self._rounding_steps}
+        return state_dict
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict of fastoptim or torch.optim. Each group keeps this optimizer's
         ``state_dtype`` and ``stochastic_rounding``; loaded buffers are converted to that format
@@ -559,6 +566,9 @@ class BaseOptimizer(torch.optim.Optimizer):
             for param in group["params"]:
                 if self.state.get(param):
                     self._convert_state(param, group, self.state[param])
+        rounding = state_dict.get("rounding")
+        if rounding is not None:
+            self._rounding_seed, self._rounding_steps = rounding["seed"], rounding["steps"]
 
     def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """Fill the empty ``state`` of ``param`` with the optimizer's initial buffers."""

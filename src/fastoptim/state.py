@@ -92,7 +92,8 @@ def convert_buffer(state: dict[str, Any], key: str, target: StateFormat, signed:
 
 def full_precision_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     """A copy of a fastoptim ``state_dict`` in torch.optim's layout: 8-bit and bfloat16
-    buffers become float32 tensors, and the compact-state options leave the param groups.
+    buffers become float32 tensors, and the compact-state options leave the param groups (and
+    the stochastic rounding position leaves the dict).
 
     torch.optim (which casts buffers to each parameter's dtype when it loads) or fastoptim with
     any ``state_dtype`` can load the result.
@@ -108,7 +109,8 @@ def full_precision_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
         {k: v for k, v in group.items() if k not in ("state_dtype", "stochastic_rounding")}
         for group in state_dict["param_groups"]
     ]
-    return {**state_dict, "state": state, "param_groups": groups}
+    rest = {k: v for k, v in state_dict.items() if k != "rounding"}
+    return {**rest, "state": state, "param_groups": groups}
 
 
 def _is_bfloat16(value: Any) -> bool:
