@@ -21,7 +21,7 @@ from sklearn.datasets import load_digits
 
 import fastoptim
 from fastoptim.kernels.memory import decode, encode_code, random_bits
-from fastoptim.state import dequantize_like
+from fastoptim.state import dequantize_like, state_nbytes
 
 NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "RMSprop"]
 OPTIONS = {
@@ -91,7 +91,7 @@ def test_float64_parameters_take_compact_state(state_dtype) -> None:
 def state_bytes_per_parameter(optimizer: torch.optim.Optimizer) -> float:
     tensors = [v for s in optimizer.state.values() for k, v in s.items() if k != "step"]
     numel = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
-    return sum(t.numel() * t.element_size() for t in tensors) / numel
+    return state_nbytes(tensors) / numel
 
 
 def test_int8_adam_keeps_about_two_bytes_per_parameter() -> None:

@@ -19,7 +19,7 @@ import torch
 from _parity import leaf_copies
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_parity import OPTION_GRIDS
+from test_parity import CASES, OPTION_GRIDS
 
 import fastoptim
 
@@ -107,13 +107,6 @@ class Run:
                 assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
                 bound = RTOL[b.dtype] * max(self.scales[index, key], 1e-30)
                 assert (a - b).abs().max().item() <= bound, key
-
-
-CASES = [
-    pytest.param(name, options, id=f"{name}-{i}")
-    for name, grid in OPTION_GRIDS.items()
-    for i, options in enumerate(grid)
-]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])

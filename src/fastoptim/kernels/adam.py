@@ -36,6 +36,12 @@ def moments(param, grad, exp_avg, exp_avg_sq, i, c):  # type: ignore[no-untyped-
     return p, m, v
 
 
+@njit(inline="always")
+def stepped(p, m, v, neg_step_size, correction2, epsilon):  # type: ignore[no-untyped-def]
+    """The parameter after the step: p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
+    return p + neg_step_size * m / (np.sqrt(v) / correction2 + epsilon)
+
+
 @kernel
 def adam_kernel(  # type: ignore[no-untyped-def]
     memory,
@@ -105,24 +111,16 @@ def adam_kernel(  # type: ignore[no-untyped-def]
                     put(new_exp_avg_sq, i, v, exp_avg_sq)
                     v = maximum(load(max_exp_avg_sq, i), v)
                     put(new_max, i, v, max_exp_avg_sq)
-                    put(
-                        new_param,
-                        i,
-                        p + neg_step_size * m / (np.sqrt(v) / correction2 + epsilon),
-                        param,
-                    )
+                    updated = stepped(p, m, v, neg_step_size, correction2, epsilon)
+                    put(new_param, i, updated, param)
                 finish(max_exp_avg_sq, new_max)
             else:
                 for i in range(last - first):
                     p, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
                     put(new_exp_avg, i, m, exp_avg)
                     put(new_exp_avg_sq, i, v, exp_avg_sq)
-                    put(
-                        new_param,
-                        i,
-                        p + neg_step_size * m / (np.sqrt(v) / correction2 + epsilon),
-                        param,
-                    )
+                    updated = stepped(p, m, v, neg_step_size, correction2, epsilon)
+                    put(new_param, i, updated, param)
             finish(exp_avg, new_exp_avg)
             finish(exp_avg_sq, new_exp_avg_sq)
             finish(param, new_param)
