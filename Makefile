@@ -13,7 +13,7 @@ $(INSTALLED): pyproject.toml constraints.txt
 	touch $@
 
 demo: $(INSTALLED)
-	$(BIN)/fastoptim tutorial
+	$(BIN)/fastoptim demo
 
 test: $(INSTALLED) lint
 	$(BIN)/python -m pytest

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 from fastoptim.lab import tutorial
+from fastoptim.lab.compare import OPTIMIZERS
+from fastoptim.lab.problems import PROBLEMS
 
-OPTIMIZERS = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "RMSprop"]
 MIX_NAMES = ["transformer", "many-small"]
 
 MAX_SEED = 2**63 - 1
@@ -58,6 +59,47 @@ def positive(kind: type) -> "argparse._ActionType":
     return parse
 
 
+def learning_rate(text: str) -> "str | float":
+    """Parse ``--lr``: 'auto' or a finite number > 0."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"invalid lr {text!r}: expected 'auto' or a finite number > 0"
+        )
+    return value
+
+
+PROBLEM_HELP = (
+    f"built-in: {', '.join(PROBLEMS)}; or your own as package.module:attribute or "
+    "file.py:attribute (a fastoptim.lab.Problem or a make(seed) -> Task function)"
+)
+REPORT_DIR = Path("fastoptim-report")
+
+
+def add_lab_options(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
+    """Options shared by the lab's subcommands: --seed, --seeds, --out, --quiet."""
+    parser.add_argument("--seed", type=seed_value, default=0, help="first random seed (default: 0)")
+    if seeds:
+        parser.add_argument(
+            "--seeds",
+            type=positive(int),
+            default=1,
+            help="run seeds SEED..SEED+K-1 and show their spread (default: 1)",
+        )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPORT_DIR,
+        help=f"report directory (default: ./{REPORT_DIR})",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print only errors")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``fastoptim`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -75,6 +117,71 @@ def build_parser() -> argparse.ArgumentParser:
     tutorial_parser.add_argument(
         "--seed", type=seed_value, default=0, help="random seed for data and model (default: 0)"
     )
+    demo_parser = commands.add_parser(
+        "demo",
+        help="tutorial, comparison on every problem, LR range tests, report",
+        description="Run the tutorial's examples, compare the seven optimizers on every "
+        "built-in problem at a learning rate swept for each, run LR range tests, and write "
+        "report.html, the plots, results.json and results.csv (about a minute on 2 cores "
+        "once the kernels are compiled).",
+    )
+    demo_parser.add_argument(
+        "--problems",
+        type=choices(list(PROBLEMS)),
+        default=list(PROBLEMS),
+        help="comma-separated built-in problems (default: all)",
+    )
+    demo_parser.add_argument(
+        "--scale",
+        type=positive(float),
+        default=1.0,
+        help="multiply every problem's step budget (default 1; small for a quick look)",
+    )
+    add_lab_options(demo_parser)
+    compare_parser = commands.add_parser(
+        "compare",
+        help="compare optimizers on one problem",
+        description="Train one problem with each optimizer, rank them, and write the report.",
+    )
+    compare_parser.add_argument("--problem", required=True, help=PROBLEM_HELP)
+    compare_parser.add_argument(
+        "--optimizers",
+        type=choices(OPTIMIZERS),
+        default=OPTIMIZERS,
+        help="comma-separated optimizers, case-insensitive (default: all seven)",
+    )
+    compare_parser.add_argument(
+        "--steps", type=positive(int), help="training steps (default: the problem's budget)"
+    )
+    compare_parser.add_argument(
+        "--lr",
+        type=learning_rate,
+        default="auto",
+        help="'auto' (a sweep per optimizer over half decades, 1e-4..30) or one lr for all "
+        "(default: auto)",
+    )
+    add_lab_options(compare_parser)
+    find_parser = commands.add_parser(
+        "lr-find",
+        help="LR range test: suggest a learning rate",
+        description="Train while the lr grows geometrically from --min-lr to --max-lr; "
+        "suggest a tenth of the lr with the lowest smoothed loss after a burn-in; save the "
+        "plot in --out.",
+    )
+    find_parser.add_argument("--problem", required=True, help=PROBLEM_HELP)
+    find_parser.add_argument(
+        "--optimizer", type=choices(OPTIMIZERS), required=True, help="one of the seven"
+    )
+    find_parser.add_argument(
+        "--steps", type=positive(int), default=100, help="steps of the test (default 100)"
+    )
+    find_parser.add_argument(
+        "--min-lr", type=positive(float), default=1e-6, help="first lr (default 1e-6)"
+    )
+    find_parser.add_argument(
+        "--max-lr", type=positive(float), default=10.0, help="last lr (default 10)"
+    )
+    add_lab_options(find_parser, seeds=False)
     bench_parser = commands.add_parser(
         "bench",
         help="time fastoptim against torch.optim's best mode",
@@ -128,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "tutorial":
             tutorial.run(seed=args.seed)
+        elif args.command in ("demo", "compare", "lr-find"):
+            return run_lab(args)
         elif args.command == "bench":
             from fastoptim import bench  # imported here: it compiles a probe kernel
 
@@ -148,4 +257,70 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away, as in `fastoptim tutorial | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    return 0
+
+
+def run_lab(args: argparse.Namespace) -> int:
+    """Run ``demo``, ``compare`` or ``lr-find``; print the summary unless --quiet. An error
+    in the user's input is one line on stderr and exit status 2."""
+    from rich.console import Console
+
+    from fastoptim import lab
+    from fastoptim.lab import console
+    from fastoptim.lab.report import check_writable
+
+    screen = Console(quiet=args.quiet, highlight=False)
+    try:
+        with console.progress_bar(screen, args.quiet) as progress:
+            if args.command == "demo":
+                result = lab.demo(
+                    args.out,
+                    args.problems,
+                    scale=args.scale,
+                    seeds=args.seeds,
+                    seed=args.seed,
+                    progress=progress,
+                )
+                comparisons, finds, report = result.comparisons, result.lr_finds, result.report
+                screen.print(console.tutorial_table(result.tutorial))
+            elif args.command == "compare":
+                problem = lab.load_problem(args.problem)
+                check_writable(args.out)
+                comparisons = [
+                    lab.compare(
+                        problem,
+                        args.optimizers,
+                        steps=args.steps,
+                        lr=args.lr,
+                        seeds=args.seeds,
+                        seed=args.seed,
+                        progress=progress,
+                    )
+                ]
+                finds = []
+                report = lab.write_report(args.out, comparisons)
+            else:
+                check_writable(args.out)
+                finds = [
+                    lab.lr_find(
+                        args.problem,
+                        args.optimizer[0],
+                        steps=args.steps,
+                        min_lr=args.min_lr,
+                        max_lr=args.max_lr,
+                        seed=args.seed,
+                    )
+                ]
+                comparisons = []
+                report = lab.write_report(args.out, lr_finds=finds)
+    except (ValueError, OSError) as error:
+        print(f"fastoptim {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    for comparison in comparisons:
+        screen.print(console.comparison_table(comparison))
+    for result in finds:
+        screen.print(console.lr_find_line(result), soft_wrap=True)
+    if args.command == "lr-find" and args.quiet:
+        print(f"{finds[0].suggestion:.6g}")  # for scripts: the suggestion alone
+    screen.print(f"report: {report}", soft_wrap=True)
     return 0
