@@ -611,3 +611,13 @@ def test_progress_bar_draws_on_a_terminal_only() -> None:
         assert bool(screen.file.getvalue()) == drawn
     with console.progress_bar(Console(force_terminal=True), quiet=True) as progress:
         assert progress is None
+
+
+def test_smoothed_is_a_moving_geometric_mean() -> None:
+    import numpy as np
+
+    from fastoptim.lab.plots import smoothed
+
+    values = np.array([[1.0, 100.0, 1e-2, 1e4], [2.0, 2.0, 2.0, 2.0]])
+    assert np.allclose(smoothed(values, 2), [[10.0, 1.0, 10.0], [2.0, 2.0, 2.0]])
+    assert smoothed(values, 1) is values
