@@ -406,3 +406,14 @@ def test_kernels_work_in_a_forked_process(name: str) -> None:
         result = pool.apply(train_in_child, (name,))
     for a, b in zip(result, expected, strict=True):  # the child's kernel is the serial build
         assert (a - b).abs().max().item() <= RTOL[torch.float32] * b.abs().max().item()
+
+
+def test_wrapper_subclasses_without_memory_take_the_reference_path() -> None:
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    param = torch.nn.Parameter(TwoTensor(torch.ones(4), torch.ones(4)))
+    param.grad = TwoTensor(torch.full((4,), 0.5), torch.full((4,), 0.5))
+    with pytest.raises(RuntimeError, match="TwoTensor without memory of its own"):
+        fastoptim.SGD([param], lr=0.1, fused=True).step()
+    fastoptim.SGD([param], lr=0.1).step()  # the reference path: torch's ops on the subclass
+    assert torch.equal(param.detach().a, torch.full((4,), 0.95))

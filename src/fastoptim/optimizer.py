@@ -29,6 +29,7 @@ from fastoptim.state import (
     StateFormat,
     check_state_options,
     convert_buffer,
+    local,
     state_format,
 )
 
@@ -160,18 +161,22 @@ class GroupLayout:
 
 
 def addresses_of(tensors: list[Tensor]) -> np.ndarray:
-    """The ``data_ptr()`` of each tensor, as int64."""
-    return np.fromiter(map(Tensor.data_ptr, tensors), np.int64, len(tensors))
+    """The ``data_ptr()`` of each tensor (of its local shard for a DTensor), as int64."""
+    return np.fromiter((local(t).data_ptr() for t in tensors), np.int64, len(tensors))
 
 
 def kernel_blocker(param: Tensor) -> str | None:
     """Why the fused kernel cannot update ``param`` with its gradient, or None.
 
     torch already guarantees that ``param.grad`` has the parameter's shape, dtype and device.
+    A DTensor (FSDP2) is judged by its local shard, which is what the kernel updates.
     """
+    grad = local(param.grad)
+    param = local(param)
     if not param.is_cpu:
         return f"it is on {param.device}; fastoptim's kernels run on the CPU"
-    grad = param.grad
+    if param.numel() and (param.data_ptr() == 0 or grad.data_ptr() == 0):
+        return f"it is a {type(param).__name__} without memory of its own (a wrapper subclass)"
     if grad.is_sparse:
         return "its gradient is sparse"
     if param.dtype not in KERNEL_MARKERS:
@@ -188,7 +193,9 @@ def state_blocker(
     param: Tensor, state: dict[str, Any], keys: list[str], target: StateFormat, signed: set[str]
 ) -> str | None:
     """Why the kernel cannot use ``param``'s state tensors (dtype, size, layout, or not kept
-    in format ``target``), or None. ``signed``: the buffers that take signed 8-bit codes."""
+    in format ``target``), or None. ``signed``: the buffers that take signed 8-bit codes.
+    DTensors are judged by their local shards."""
+    param = local(param)
     for key in keys:
         if key == "step":
             step = state.get(key)
@@ -201,6 +208,7 @@ def state_blocker(
             code_dtype = torch.int8 if key in signed else torch.uint8
             if codes is None or scales is None:
                 return f"its state lacks {key + CODES!r} or {key + ABSMAX!r}"
+            codes, scales = local(codes), local(scales)
             blocks = (param.numel() + QBLOCK - 1) // QBLOCK
             if (
                 codes.dtype != code_dtype
@@ -214,6 +222,7 @@ def state_blocker(
         value = state.get(key)
         if value is None:
             return f"its state lacks {key!r}"
+        value = local(value)
         if value.dtype != target or value.shape != param.shape or value.stride() != param.stride():
             return f"its state {key!r} differs from it in dtype, shape or strides"
     return None
@@ -421,9 +430,9 @@ class BaseOptimizer(torch.optim.Optimizer):
         if any(without_grad):
             grads = [grad for grad in grads if grad is not None]
         params = layout.params
-        laid_out = list(map(Tensor.is_contiguous, grads))
+        laid_out = [local(grad).is_contiguous() for grad in grads]
         for index, stride in layout.strided:
-            grad = grads[index]
+            grad = local(grads[index])
             laid_out[index] = grad.layout is torch.strided and grad.stride() == stride
         if not all(laid_out):
             return None
@@ -460,7 +469,7 @@ class BaseOptimizer(torch.optim.Optimizer):
             for row, q in enumerate(quantized, start=2):
                 if q:
                     scales[row] = addresses_of(next(scale_rows))
-            sizes = np.array([p.numel() for p in batch.params], np.int64)
+            sizes = np.array([local(p).numel() for p in batch.params], np.int64)
             if batch.dtype.is_complex:
                 sizes *= 2
             call = KernelCall(
@@ -487,7 +496,11 @@ class BaseOptimizer(torch.optim.Optimizer):
                 without_grad=[p.grad is None for p in group["params"]],
                 params=params,
                 param_addresses=addresses_of(params),
-                strided=[(i, p.stride()) for i, p in enumerate(params) if not p.is_contiguous()],
+                strided=[
+                    (i, local(p).stride())
+                    for i, p in enumerate(params)
+                    if not local(p).is_contiguous()
+                ],
                 kernel_keys=keys,
                 batches=laid_out,
             )

@@ -22,6 +22,11 @@ from torch import Tensor
 
 from fastoptim.kernels.memory import QBLOCK, dequantize, quantize
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch built without distributed support
+    DTensor = None  # type: ignore[assignment,misc]
+
 INT8 = "int8"
 QUANTIZED_MIN_ELEMENTS = 4096
 CODES, ABSMAX = "_codes", "_absmax"
@@ -54,27 +59,55 @@ def state_format(param: Tensor, state_dtype: torch.dtype | str | None) -> StateF
     return state_dtype
 
 
+def local(tensor: Tensor) -> Tensor:
+    """The memory this process updates: a DTensor's local shard (FSDP2 parameters, their
+    gradients and state), or the tensor itself."""
+    return tensor.to_local() if DTensor is not None and isinstance(tensor, DTensor) else tensor
+
+
+def like(values: Tensor, model: Tensor) -> Tensor:
+    """Local ``values`` as a tensor distributed as ``model`` is (a DTensor with its mesh,
+    placements, shape and strides), or ``values`` when ``model`` is a plain tensor."""
+    if DTensor is None or not isinstance(model, DTensor):
+        return values
+    return DTensor.from_local(
+        values,
+        model.device_mesh,
+        model.placements,
+        run_check=False,
+        shape=model.shape,
+        stride=model.stride(),
+    )
+
+
 def memory_order(tensor: Tensor) -> Tensor:
     """A dense tensor's elements as a 1-d view, in the order they lie in memory."""
     return tensor.as_strided((tensor.numel(),), (1,))
 
 
 def quantize_like(values: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
-    """``values`` as 8-bit codes (same shape and strides) and float32 block scales."""
-    codes = torch.empty_like(values, dtype=torch.int8 if signed else torch.uint8)
-    scales = torch.empty((values.numel() + QBLOCK - 1) // QBLOCK, dtype=torch.float32)
-    flat = memory_order(values).float().contiguous()
+    """``values`` as 8-bit codes (same shape and strides) and float32 block scales. For a
+    DTensor, each process quantizes its shard: the codes are a DTensor like ``values``, the
+    scales a plain tensor of the shard's blocks."""
+    shard = local(values)
+    codes = torch.empty_like(shard, dtype=torch.int8 if signed else torch.uint8)
+    scales = torch.empty((shard.numel() + QBLOCK - 1) // QBLOCK, dtype=torch.float32)
+    flat = memory_order(shard).float().contiguous()
     quantize(flat.numpy(), memory_order(codes).numpy(), scales.numpy())
-    return codes, scales
+    return like(codes, values), scales
 
 
 def dequantize_like(codes: Tensor, scales: Tensor) -> Tensor:
-    """The float32 values of 8-bit ``codes`` and their block ``scales``."""
-    values = torch.empty_like(codes, dtype=torch.float32)
+    """The float32 values of 8-bit ``codes`` and their block ``scales`` (distributed as the
+    codes are)."""
+    shard = local(codes)
+    values = torch.empty_like(shard, dtype=torch.float32)
     dequantize(
-        memory_order(codes.cpu()).numpy(), scales.cpu().numpy(), memory_order(values).numpy()
+        memory_order(shard.cpu()).numpy(),
+        local(scales).cpu().numpy(),
+        memory_order(values).numpy(),
     )
-    return values.to(codes.device)
+    return like(values.to(shard.device), codes)
 
 
 def convert_buffer(state: dict[str, Any], key: str, target: StateFormat, signed: bool) -> None:
