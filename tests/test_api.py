@@ -364,33 +364,6 @@ def test_gradient_flows_to_a_tensor_learning_rate(name: str, options: dict) -> N
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_lr_scheduler_drives_the_learning_rate(name: str) -> None:
-    ours, theirs = make_pair(name, RICH_OPTIONS[name], torch.float32, {"lr": 0.002})
-    schedulers = [
-        torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5) for opt in (ours, theirs)
-    ]
-    for _ in range(12):
-        step_pair(ours, theirs, steps=1)
-        for scheduler in schedulers:
-            scheduler.step()
-        assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in theirs.param_groups]
-    assert ours.param_groups[0]["lr"] == RICH_OPTIONS[name]["lr"] * 0.5**4
-
-
-def test_one_cycle_schedule_cycles_adam_betas_like_torch() -> None:
-    ours, theirs = make_pair("Adam", {"lr": 0.01}, torch.float32)
-    schedulers = [
-        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=12)
-        for opt in (ours, theirs)
-    ]
-    for _ in range(11):
-        step_pair(ours, theirs, steps=1)
-        for scheduler in schedulers:
-            scheduler.step()
-    assert ours.param_groups[0]["betas"] == theirs.param_groups[0]["betas"]
-
-
-@pytest.mark.parametrize("name", NAMES)
 def test_step_hooks_run(name: str) -> None:
     param = torch.zeros(2, requires_grad=True)
     optimizer = getattr(fastoptim, name)([param], lr=0.1)
