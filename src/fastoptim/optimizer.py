@@ -175,10 +175,12 @@ def kernel_blocker(param: Tensor) -> str | None:
     param = local(param)
     if not param.is_cpu:
         return f"it is on {param.device}; fastoptim's kernels run on the CPU"
-    if param.numel() and (param.data_ptr() == 0 or grad.data_ptr() == 0):
-        return f"it is a {type(param).__name__} without memory of its own (a wrapper subclass)"
     if grad.is_sparse:
         return "its gradient is sparse"
+    if param.layout is not torch.strided or grad.layout is not torch.strided:
+        return "it or its gradient is not a strided (dense) tensor"
+    if param.numel() and (param.data_ptr() == 0 or grad.data_ptr() == 0):
+        return f"it is a {type(param).__name__} without memory of its own (a wrapper subclass)"
     if param.dtype not in KERNEL_MARKERS:
         return f"its dtype is {param.dtype}; kernels take float32, float64, bfloat16 and complex"
     if param.is_contiguous():
