@@ -186,13 +186,19 @@ def fsdp_worker(rank: int, world_size: int, out: Path, steps: int, options: dict
 
 
 def dcp_worker(
-    rank: int, world_size: int, out: Path, load_from: str | None, save_to: str, steps: range
+    rank: int,
+    world_size: int,
+    out: Path,
+    load_from: str | None,
+    save_to: str,
+    steps: range,
+    options: dict[str, Any],
 ) -> None:
     """Train every optimizer on an FSDP2 model of this world size over ``steps``, first
     loading model and optimizer from the distributed checkpoint ``load_from`` (if given), then
     saving both to ``save_to``: checkpoints move between world sizes."""
     for name in NAMES:
-        dcp_train(rank, world_size, out / name, name, load_from, save_to, steps)
+        dcp_train(rank, world_size, out / name, name, load_from, save_to, steps, options)
 
 
 def dcp_train(
@@ -203,6 +209,7 @@ def dcp_train(
     load_from: str | None,
     save_to: str,
     steps: range,
+    options: dict[str, Any],
 ) -> None:
     """``dcp_worker`` for one optimizer, its checkpoints under ``out``."""
     import torch.distributed.checkpoint as dcp
@@ -218,7 +225,7 @@ def dcp_train(
     for layer in (model[0], model[2]):
         fully_shard(layer)
     fully_shard(model)
-    optimizer = getattr(fastoptim, name)(model.parameters(), **OPTIONS[name])
+    optimizer = getattr(fastoptim, name)(model.parameters(), **{**OPTIONS[name], **options})
     if load_from is not None:
         state = {
             "model": get_model_state_dict(model),

@@ -10,6 +10,7 @@ from fastoptim.algorithms.adamax import Adamax
 from fastoptim.algorithms.adamw import AdamW
 from fastoptim.algorithms.rmsprop import RMSprop
 from fastoptim.algorithms.sgd import SGD
+from fastoptim.factory import create_optimizer, registry
 from fastoptim.state import full_precision_state_dict
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "AdamW",
     "Adamax",
     "RMSprop",
+    "create_optimizer",
     "full_precision_state_dict",
+    "registry",
 ]
 __version__ = "0.1.0"

@@ -26,6 +26,7 @@ from fastoptim.state import (
     ABSMAX,
     CODES,
     INT8,
+    DTensor,
     StateFormat,
     check_state_options,
     convert_buffer,
@@ -48,6 +49,9 @@ KERNEL_MARKERS = {
 STEP_MARKERS = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 STATE_MARKERS: dict[StateFormat, np.dtype] = {**KERNEL_MARKERS, INT8: np.dtype(np.int8)}
 STATE_LAYOUT_OPTIONS = ("state_dtype", "stochastic_rounding")
+
+# The key that marks a state dict keyed by parameter names (``state_dict(named=True)``).
+NAMED = "keyed_by_name"
 
 # Numba's default thread pool serves one kernel at a time: Python threads take turns.
 KERNEL_LOCK = threading.Lock()
@@ -540,17 +544,95 @@ class BaseOptimizer(torch.optim.Optimizer):
         for key in self.state_buffers:
             convert_buffer(state, key, target, signed=key not in self.non_negative_state)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, named: bool = False) -> dict[str, Any]:  # type: ignore[override]
         """torch.optim's state dict, plus ``"rounding"``: where the random stream of stochastic
-        rounding stands (seed and steps), so a resumed run rounds as an uninterrupted one."""
+        rounding stands (seed and steps), so a resumed run rounds as an uninterrupted one.
+
+        ``named=True`` keys the state and each group's ``params`` by parameter name instead
+        of position (and sets ``"keyed_by_name"``), so the checkpoint survives a reordering of
+        parameters. The names are
+        those the optimizer was built with (``model.named_parameters()``, or
+        ``fastoptim.create_optimizer``); ``ValueError`` if it has none.
+        """
         state_dict = super().state_dict()
         state_dict["rounding"] = {"seed": self._rounding_seed, "steps": self._rounding_steps}
-        return state_dict
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, param_state in state_dict["state"].items():
+            if DTensor is not None and isinstance(params[index], DTensor):
+                # 8-bit state of a shard: its block scales belong to this process's shard
+                # only. Saved dequantized (float32, sharded like the parameter) so that
+                # torch.distributed.checkpoint can reshard it; loading quantizes again.
+                state_dict["state"][index] = param_state = dict(param_state)
+                for key in [k[: -len(CODES)] for k in param_state if str(k).endswith(CODES)]:
+                    convert_buffer(param_state, key, torch.float32, signed=True)
+        if not named:
+            return state_dict
+        names = self._param_names()
+        groups = [
+            {**group, "params": [names[index] for index in group["params"]]}
+            for group in state_dict["param_groups"]
+        ]
+        state = {names[index]: value for index, value in state_dict["state"].items()}
+        return {**state_dict, "state": state, "param_groups": groups, NAMED: True}
+
+    def _param_names(self) -> list[str]:
+        """Every parameter's name, in state_dict position order; ValueError if unnamed."""
+        if not all("param_names" in group for group in self.param_groups):
+            raise ValueError(
+                "state_dict(named=True) needs parameter names: build the optimizer from "
+                "model.named_parameters() or with fastoptim.create_optimizer(model, ...)"
+            )
+        return [name for group in self.param_groups for name in group["param_names"]]
+
+    def _positional(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """A ``state_dict(named=True)`` as the positional state dict of this optimizer's
+        current parameter order; ValueError listing missing and unexpected names, or names
+        in another group, before anything changes."""
+        names = self._param_names()
+        saved_groups = state_dict["param_groups"]
+        saved = [name for group in saved_groups for name in group["params"]]
+        missing = [name for name in names if name not in set(saved)]
+        unexpected = [name for name in saved if name not in set(names)]
+        if missing or unexpected or len(saved) != len(set(saved)):
+            raise ValueError(
+                "loaded named state dict does not match the optimizer's parameters: "
+                f"missing {missing}, unexpected {unexpected}"
+            )
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"loaded named state dict has {len(saved_groups)} parameter groups, "
+                f"the optimizer {len(self.param_groups)}"
+            )
+        position = {name: index for index, name in enumerate(names)}
+        groups = []
+        for index, (group, saved_group) in enumerate(
+            zip(self.param_groups, saved_groups, strict=True)
+        ):
+            only_here = sorted(set(group["param_names"]) - set(saved_group["params"]))
+            only_there = sorted(set(saved_group["params"]) - set(group["param_names"]))
+            if only_here or only_there:
+                raise ValueError(
+                    f"parameter group {index} differs from the loaded named state dict's: "
+                    f"{only_here} only here, {only_there} only there"
+                )
+            # Each group lists its parameters in this optimizer's order.
+            ordered = list(group["param_names"])
+            groups.append(
+                {**saved_group, "params": [position[n] for n in ordered], "param_names": ordered}
+            )
+        state = {position[name]: value for name, value in state_dict["state"].items()}
+        rest = {k: v for k, v in state_dict.items() if k != NAMED}
+        return {**rest, "state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict of fastoptim or torch.optim. Each group keeps this optimizer's
         ``state_dtype`` and ``stochastic_rounding``; loaded buffers are converted to that format
-        (8-bit codes and scales saved by the same format load back exactly)."""
+        (8-bit codes and scales saved by the same format load back exactly). A
+        ``state_dict(named=True)`` is matched to the parameters by name."""
+        # Only our own marker: torch.distributed.checkpoint passes name-keyed dicts that it
+        # has put in this optimizer's order, to be loaded by position.
+        if state_dict.get(NAMED):
+            state_dict = self._positional(state_dict)
         compact_keys = (CODES, ABSMAX)
         saved = state_dict["state"]
         compact = {
