@@ -192,13 +192,16 @@ def dcp_worker(
     load_from: str | None,
     save_to: str,
     steps: range,
-    options: dict[str, Any],
+    variants: dict[str, dict[str, Any]],
 ) -> None:
-    """Train every optimizer on an FSDP2 model of this world size over ``steps``, first
-    loading model and optimizer from the distributed checkpoint ``load_from`` (if given), then
-    saving both to ``save_to``: checkpoints move between world sizes."""
-    for name in NAMES:
-        dcp_train(rank, world_size, out / name, name, load_from, save_to, steps, options)
+    """Train every optimizer with each of the option ``variants`` on an FSDP2 model of this
+    world size over ``steps``, first loading model and optimizer from the distributed
+    checkpoint ``load_from`` (if given), then saving both to ``save_to``: checkpoints move
+    between world sizes. Files go to ``out / variant / name``."""
+    for variant, options in variants.items():
+        for name in NAMES:
+            where = out / variant / name
+            dcp_train(rank, world_size, where, name, load_from, save_to, steps, options)
 
 
 def dcp_train(

@@ -97,22 +97,19 @@ def test_fsdp2_compact_state_per_shard(tmp_path: Path, state_dtype) -> None:
             assert scales and all(shape == (64 * 64 // 256,) for shape in scales.values())
 
 
-@pytest.mark.parametrize(
-    "options", [{}, {"state_dtype": "int8", "stochastic_rounding": False}], ids=["f32", "int8"]
-)
-def test_distributed_checkpoint_reshards_from_two_ranks_to_one_and_back(
-    tmp_path: Path, options: dict
-) -> None:
+def test_distributed_checkpoint_reshards_from_two_ranks_to_one_and_back(tmp_path: Path) -> None:
     # 8-bit state of DTensor shards is saved dequantized (float32, sharded like the
     # parameter) and quantized again on loading: the codes' values come back, so the
     # training continues as the uninterrupted one (up to the rare rounding flips above).
-    spawn(dcp_worker, 2, tmp_path, None, "two", range(0, 3), options)
-    spawn(dcp_worker, 1, tmp_path, "two", "one", range(3, 6), options)
-    spawn(dcp_worker, 2, tmp_path, "one", "again", range(6, 9), options)
-    flipped = FLIPPED if options else 0.0
-    for name in NAMES:
-        # Training resumed from each checkpoint continues as the uninterrupted run.
-        one = torch.load(tmp_path / name / "one.pt")
-        assert_close(one, single_process(name, 6, **options), flipped)
-        again = torch.load(tmp_path / name / "again.pt")
-        assert_close(again, single_process(name, 9, **options), flipped)
+    variants = {"f32": {}, "int8": {"state_dtype": "int8", "stochastic_rounding": False}}
+    spawn(dcp_worker, 2, tmp_path, None, "two", range(0, 3), variants)
+    spawn(dcp_worker, 1, tmp_path, "two", "one", range(3, 6), variants)
+    spawn(dcp_worker, 2, tmp_path, "one", "again", range(6, 9), variants)
+    for variant, options in variants.items():
+        flipped = FLIPPED if options else 0.0
+        for name in NAMES:
+            # Training resumed from each checkpoint continues as the uninterrupted run.
+            one = torch.load(tmp_path / variant / name / "one.pt")
+            assert_close(one, single_process(name, 6, **options), flipped)
+            again = torch.load(tmp_path / variant / name / "again.pt")
+            assert_close(again, single_process(name, 9, **options), flipped)
