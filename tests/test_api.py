@@ -52,8 +52,8 @@ def test_signature_matches_torch(name: str) -> None:
             expected.annotation,
         ), parameter_name
     added = [n for n in ours if n not in theirs]
-    compact_state = ["state_dtype", "stochastic_rounding"]
-    assert added == (["fused"] if name in WITHOUT_TORCH_FUSED else []) + compact_state
+    ours_only = ["state_dtype", "stochastic_rounding", "nonfinite"]
+    assert added == (["fused"] if name in WITHOUT_TORCH_FUSED else []) + ours_only
     assert list(ours)[-len(added) :] == added
     assert all(ours[n].kind is inspect.Parameter.KEYWORD_ONLY for n in added)
     assert all(ours[n].default is None for n in added)

@@ -354,21 +354,22 @@ def test_tutorial_regression_reaches_the_float32_loss(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("options_", "message"),
+    ("options_", "error", "message"),
     [
-        ({"state_dtype": torch.float16}, "state_dtype must be None, torch.float32, torch.bf"),
-        ({"state_dtype": "uint4"}, "state_dtype must be None"),
-        ({"stochastic_rounding": "yes"}, "stochastic_rounding must be None, True or False"),
-        ({"state_dtype": "int8", "fused": False}, "needs fused=None or True"),
-        ({"state_dtype": "int8", "differentiable": True}, "differentiable=False"),
+        ({"state_dtype": torch.float16}, ValueError, "state_dtype must be None, torch.float32"),
+        ({"state_dtype": "uint4"}, ValueError, "state_dtype must be None"),
+        ({"state_dtype": 8}, TypeError, "state_dtype must be dtype or a string or None, got int"),
+        ({"stochastic_rounding": "yes"}, TypeError, "stochastic_rounding must be True or False"),
+        ({"state_dtype": "int8", "fused": False}, ValueError, "needs fused=None or True"),
+        ({"state_dtype": "int8", "differentiable": True}, ValueError, "differentiable=False"),
     ],
 )
-def test_bad_compact_state_options_are_rejected(options_: dict, message: str) -> None:
+def test_bad_compact_state_options_are_rejected(options_: dict, error: type, message: str) -> None:
     param = torch.zeros(3, requires_grad=True)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         fastoptim.Adam([param], **options_)
     optimizer = fastoptim.Adam([param])
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         optimizer.add_param_group({"params": [torch.zeros(2, requires_grad=True)], **options_})
     assert len(optimizer.param_groups) == 1
 

@@ -273,9 +273,14 @@ def test_only_marked_state_dicts_load_by_name() -> None:
     # torch.distributed.checkpoint hands over name-keyed dicts already in the optimizer's
     # order, without the marker: those load by position, as torch.optim does.
     unmarked = {k: v for k, v in named.items() if k != "keyed_by_name"}
-    other = fastoptim.create_optimizer(list(model.named_parameters())[::-1], "adam", lr=0.01)
+    other = fastoptim.create_optimizer(model, "adam", lr=0.01)
     other.load_state_dict(unmarked)
-    first = other.param_groups[0]["params"][0]  # head.bias: was last, now takes the first
-    assert first is model.head.bias  # saved state, that of `scale` (the model's own, first)
-    assert other.state[first]["exp_avg"].shape == model.scale.shape
+    assert torch.equal(
+        other.state[model.head.weight]["exp_avg"], optimizer.state[model.head.weight]["exp_avg"]
+    )
     assert "keyed_by_name" not in other.state_dict()
+    # By position into another order, state of the wrong shape is refused (nothing changes).
+    reordered = fastoptim.create_optimizer(list(model.named_parameters())[::-1], "adam")
+    with pytest.raises(ValueError, match="has shape"):
+        reordered.load_state_dict(unmarked)
+    assert not reordered.state

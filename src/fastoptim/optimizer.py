@@ -8,9 +8,16 @@ and the glue to its fused kernel (``_kernel_state_keys``, ``_launch_kernel``) an
 implementation for other devices (``_torch_step``).
 """
 
+import functools
 import inspect
+import numbers
 import operator
+import os
+import pickle
 import threading
+import types
+import typing
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import chain
@@ -21,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fastoptim.kernels.checks import count_nonfinite
 from fastoptim.kernels.memory import QBLOCK
 from fastoptim.state import (
     ABSMAX,
@@ -52,6 +60,86 @@ STATE_LAYOUT_OPTIONS = ("state_dtype", "stochastic_rounding")
 
 # The key that marks a state dict keyed by parameter names (``state_dict(named=True)``).
 NAMED = "keyed_by_name"
+
+# What ``nonfinite`` may be: off (as torch.optim), skip the step, or raise.
+NONFINITE_MODES = (None, "skip", "raise")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient holds NaN or infinity and the optimizer was built with nonfinite="raise";
+    the step was not taken."""
+
+
+def describe(hint: Any) -> str:
+    """A type annotation of an option in words."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(describe(arg) for arg in args)
+    if typing.get_origin(hint) is tuple:
+        return f"a pair of ({', '.join(describe(arg) for arg in args)})"
+    names = {float: "a number", bool: "True or False", Tensor: "a Tensor", str: "a string"}
+    return "None" if hint is type(None) else names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the type of an option annotated ``hint`` (a number for float,
+    but not a bool; exactly a bool for bool)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(matches(value, arg) for arg in args)
+    if typing.get_origin(hint) is tuple:
+        return (
+            isinstance(value, (tuple, list))
+            and len(value) == len(args)
+            and all(matches(v, arg) for v, arg in zip(value, args, strict=True))
+        )
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is type(None):
+        return value is None
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+@functools.cache
+def option_hints(cls: type) -> dict[str, Any]:
+    """The annotated options of ``cls``'s constructor (``params`` excluded)."""
+    hints = typing.get_type_hints(cls.__init__)
+    return {name: hint for name, hint in hints.items() if name not in ("params", "return")}
+
+
+def check_option_types(cls: type, options: dict[str, Any]) -> None:
+    """TypeError naming the option, what it must be and what it got, for any option of
+    ``options`` whose type does not match ``cls``'s constructor annotation."""
+    hints = option_hints(cls)
+    for name, value in options.items():
+        if name in hints and not matches(value, hints[name]):
+            raise TypeError(
+                f"{cls.__name__}: {name} must be {describe(hints[name])}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+
+
+def checked_init(cls: type, init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` that first checks its arguments: unknown options (listing the valid ones) and
+    the types of the known ones, before any value is looked at."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as error:
+            valid = ", ".join(name for name in signature.parameters if name != "self")
+            raise TypeError(f"{cls.__name__}: {error}; its arguments are {valid}") from None
+        check_option_types(cls, bound.arguments)
+        init(self, *args, **kwargs)
+
+    return checked
+
 
 # Numba's default thread pool serves one kernel at a time: Python threads take turns.
 KERNEL_LOCK = threading.Lock()
@@ -159,6 +247,7 @@ class GroupLayout:
     without_grad: list[bool]
     params: list[Tensor]
     param_addresses: np.ndarray
+    grad_specs: list[tuple[torch.Size, torch.dtype, bool]]
     strided: list[tuple[int, tuple[int, ...]]]
     kernel_keys: list[str]
     batches: list[LaidOutBatch]
@@ -244,6 +333,54 @@ def is_dense(tensor: Tensor) -> bool:
     return True
 
 
+# What load_state_dict puts back when loading fails part way.
+RESTORED_ON_FAILURE = ("state", "param_groups", "_rounding_seed", "_rounding_steps")
+
+
+def optimizer_classes() -> list[type]:
+    """Every fastoptim optimizer class (the subclasses of BaseOptimizer)."""
+    found, pending = [], list(BaseOptimizer.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def check_state_dict_structure(state_dict: Any) -> None:
+    """TypeError or ValueError unless ``state_dict`` has an optimizer state dict's shape: a
+    dict with a dict ``state`` and a list ``param_groups`` of dicts with ``params``."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"a state dict must be a dict, got {type(state_dict).__name__}")
+    missing = [key for key in ("state", "param_groups") if key not in state_dict]
+    if missing:
+        raise ValueError(
+            f"not an optimizer state dict: it lacks {missing} (it has {sorted(state_dict)[:8]})"
+        )
+    groups = state_dict["param_groups"]
+    if not isinstance(state_dict["state"], dict) or not isinstance(groups, list):
+        raise TypeError("a state dict's 'state' must be a dict and 'param_groups' a list")
+    for index, group in enumerate(groups):
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+            raise ValueError(f"param group {index} of the state dict has no 'params' list")
+    if not all(isinstance(value, dict) for value in state_dict["state"].values()):
+        raise TypeError("a state dict's 'state' must map parameters to dicts")
+
+
+def read_checkpoint(path: "str | os.PathLike[str]") -> dict[str, Any]:
+    """The state dict saved in the file ``path`` (torch.save), read with weights_only=True;
+    ValueError saying so when the file is truncated or corrupt."""
+    try:
+        return torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"cannot read the optimizer checkpoint {os.fspath(path)!r}: the file is truncated, "
+            f"corrupt or not a torch.save file ({type(error).__name__}: {error})"
+        ) from error
+
+
 def check_kernel_for_state(options: dict[str, Any]) -> None:
     """Compact state is updated only by the kernels: it rules out fused=False and
     differentiable=True."""
@@ -272,7 +409,20 @@ class BaseOptimizer(torch.optim.Optimizer):
     state_buffers: ClassVar[tuple[str, ...]] = ()
     non_negative_state: ClassVar[frozenset[str]] = frozenset()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every optimizer's constructor checks its arguments' types first."""
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = checked_init(cls, cls.__dict__["__init__"])  # type: ignore[method-assign]
+
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        if isinstance(params, torch.nn.Module):
+            raise TypeError(
+                f"{type(self).__name__}: params must be an iterable of Tensors, (name, Tensor) "
+                f"pairs or param-group dicts, got the module {type(params).__name__}: "
+                "pass model.parameters()"
+            )
+        self.skipped_steps = 0
         self._layouts: dict[int, GroupLayout] = {}
         self._state_snapshot: list[dict[str, Any]] = []
         self._rounding_seed = torch.initial_seed()
@@ -285,10 +435,28 @@ class BaseOptimizer(torch.optim.Optimizer):
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group, after checking its compact-state options (see fastoptim.state)."""
+        """Add a group, after checking it: a dict with ``params``, options of the right types
+        and values (see fastoptim.state for the compact-state ones), no parameter twice."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError(
+                f"a param group needs 'params' (its parameters), got only {sorted(param_group)}"
+            )
+        check_option_types(type(self), param_group)
         options = {**self.defaults, **param_group}
         check_state_options(options.get("state_dtype"), options.get("stochastic_rounding"))
+        if options.get("nonfinite") not in NONFINITE_MODES:
+            raise ValueError(
+                f"nonfinite must be None, 'skip' or 'raise', got {options['nonfinite']!r}"
+            )
         check_kernel_for_state(options)
+        params = param_group["params"]
+        if not isinstance(params, (Tensor, set)):
+            params = param_group["params"] = list(params)
+            tensors = [p[1] if isinstance(p, tuple) else p for p in params]
+            if len({id(p) for p in tensors}) != len(tensors):
+                raise ValueError("a parameter appears twice in the same param group")
         super().add_param_group(param_group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -299,6 +467,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         self._state_snapshot = []
         self.__dict__.setdefault("_rounding_seed", torch.initial_seed())
         self.__dict__.setdefault("_rounding_steps", 0)
+        self.__dict__.setdefault("skipped_steps", 0)
         signature_defaults = {
             name: parameter.default
             for name, parameter in inspect.signature(type(self).__init__).parameters.items()
@@ -334,6 +503,10 @@ class BaseOptimizer(torch.optim.Optimizer):
 
         Under ``torch.amp.GradScaler`` (which sets ``grad_scale`` and ``found_inf``), gradients
         are unscaled inside the update, and a step with ``found_inf`` set changes nothing.
+        Everything is checked before the first parameter or state changes: gradients of
+        another shape, dtype or device, sparse gradients where they are not supported, and
+        with ``nonfinite`` set, NaN or infinite gradients (the step is then skipped and counted
+        in ``skipped_steps``, or raises ``NonFiniteGradientError``).
         """
         loss = None
         if closure is not None:
@@ -351,10 +524,13 @@ class BaseOptimizer(torch.optim.Optimizer):
                 map(operator.is_, self.state.values(), snapshot)
             )
             plans = [self._plan(group, same_states) for group in self.param_groups]
+            if self._has_nonfinite_gradient(plans):
+                self.skipped_steps += 1
+                return loss
+            calls = [self._new_calls(plan) if plan.calls is None else plan.calls for plan in plans]
             self._rounding_steps += 1
-            for group_index, plan in enumerate(plans):
-                calls = self._new_calls(plan) if plan.calls is None else plan.calls
-                for call_index, call in enumerate(calls):
+            for group_index, (plan, group_calls) in enumerate(zip(plans, calls, strict=True)):
+                for call_index, call in enumerate(group_calls):
                     call.grad_factor = -unscale if plan.group["maximize"] else unscale
                     call.stochastic = plan.group["stochastic_rounding"] is not False
                     call.key = hash(
@@ -365,6 +541,64 @@ class BaseOptimizer(torch.optim.Optimizer):
             self._state_snapshot = list(self.state.values())
         return loss
 
+    def _has_nonfinite_gradient(self, plans: list[GroupPlan]) -> bool:
+        """Whether a group with ``nonfinite`` set has a NaN or infinite gradient: one fused
+        read of its kernel batches' gradients, torch's isfinite for the others. With
+        ``nonfinite="raise"`` that raises NonFiniteGradientError naming the parameter."""
+        for group_index, plan in enumerate(plans):
+            mode = plan.group["nonfinite"]
+            if mode is None:
+                continue
+            bad = any(not torch.isfinite(local(p.grad)).all() for p in plan.others)
+            if plan.calls is not None:
+                batches = [(c.addresses[1], c.sizes, c.marker) for c in plan.calls]
+            else:
+                batches = [self._grad_batch(batch) for batch in plan.batches]
+            with KERNEL_LOCK:
+                bad = bad or any(count_nonfinite(*batch) for batch in batches)
+            if bad and mode == "raise":
+                first = next(p for p in plan.params if not torch.isfinite(local(p.grad)).all())
+                index = [id(p) for p in plan.group["params"]].index(id(first))
+                raise NonFiniteGradientError(
+                    f"the gradient of {self._where(group_index, index)} holds NaN or infinity "
+                    "(nonfinite='raise'): no parameter or state was changed"
+                )
+            if bad:
+                return True
+        return False
+
+    @staticmethod
+    def _grad_batch(batch: KernelBatch) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+        """A kernel batch's gradients as (addresses, sizes, storage marker)."""
+        grads = [p.grad for p in batch.params]
+        sizes = np.array([local(g).numel() for g in grads], np.int64)
+        if batch.dtype.is_complex:
+            sizes *= 2
+        return addresses_of(grads), sizes, KERNEL_MARKERS[batch.dtype]
+
+    def _where(self, group_index: int, index: int) -> str:
+        """How an error names parameter ``index`` of group ``group_index``."""
+        group = self.param_groups[group_index]
+        if "param_names" in group:
+            return f"parameter {group['param_names'][index]!r}"
+        return f"parameter {index} of param group {group_index}"
+
+    def _check_gradients(self, group: dict[str, Any]) -> None:
+        """RuntimeError naming the first parameter whose gradient differs from it in shape,
+        dtype or device (possible through ``grad.data`` or ``set_``)."""
+        for index, param in enumerate(group["params"]):
+            grad = param.grad
+            if grad is None:
+                continue
+            for what in ("shape", "dtype", "device"):
+                if getattr(grad, what) != getattr(param, what):
+                    group_index = next(i for i, g in enumerate(self.param_groups) if g is group)
+                    raise RuntimeError(
+                        f"the gradient of {self._where(group_index, index)} has {what} "
+                        f"{getattr(grad, what)}, the parameter {getattr(param, what)}: "
+                        "no parameter or state was changed"
+                    )
+
     def _plan(self, group: dict[str, Any], same_states: bool) -> GroupPlan:
         """Check the group's parameters with a gradient and split them between the kernel
         (batches of one dtype) and the other paths. Nothing is changed here. ``same_states``:
@@ -373,6 +607,7 @@ class BaseOptimizer(torch.optim.Optimizer):
             reused = self._reuse_layout(group)
             if reused is not None:
                 return reused
+        self._check_gradients(group)
         params = [p for p in group["params"] if p.grad is not None]
         if self.sparse_grad_error is not None and any(p.grad.is_sparse for p in params):
             raise RuntimeError(self.sparse_grad_error)
@@ -435,6 +670,8 @@ class BaseOptimizer(torch.optim.Optimizer):
             return None
         if any(without_grad):
             grads = [grad for grad in grads if grad is not None]
+        if [(g.shape, g.dtype, g.is_cpu) for g in grads] != layout.grad_specs:
+            return None
         params = layout.params
         laid_out = [local(grad).is_contiguous() for grad in grads]
         for index, stride in layout.strided:
@@ -502,6 +739,7 @@ class BaseOptimizer(torch.optim.Optimizer):
                 without_grad=[p.grad is None for p in group["params"]],
                 params=params,
                 param_addresses=addresses_of(params),
+                grad_specs=[(p.shape, p.dtype, p.is_cpu) for p in params],
                 strided=[
                     (i, local(p).stride())
                     for i, p in enumerate(params)
@@ -556,6 +794,8 @@ class BaseOptimizer(torch.optim.Optimizer):
         """
         state_dict = super().state_dict()
         state_dict["rounding"] = {"seed": self._rounding_seed, "steps": self._rounding_steps}
+        state_dict["optimizer"] = type(self).__name__
+        state_dict["skipped_steps"] = self.skipped_steps
         params = [p for group in self.param_groups for p in group["params"]]
         for index, param_state in state_dict["state"].items():
             if DTensor is not None and isinstance(params[index], DTensor):
@@ -624,15 +864,108 @@ class BaseOptimizer(torch.optim.Optimizer):
         rest = {k: v for k, v in state_dict.items() if k != NAMED}
         return {**rest, "state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict of fastoptim or torch.optim. Each group keeps this optimizer's
+    def load_state_dict(self, state_dict: "dict[str, Any] | str | os.PathLike[str]") -> None:
+        """Load a state dict of fastoptim or torch.optim, or a checkpoint file of one (read
+        with ``torch.load(weights_only=True)``). Each group keeps this optimizer's
         ``state_dtype`` and ``stochastic_rounding``; loaded buffers are converted to that format
         (8-bit codes and scales saved by the same format load back exactly). A
-        ``state_dict(named=True)`` is matched to the parameters by name."""
+        ``state_dict(named=True)`` is matched to the parameters by name.
+
+        Atomic: the whole state dict is checked first (its structure, group and parameter
+        counts, the optimizer it comes from, state tensor shapes); any mismatch raises an
+        error saying what differs, and the optimizer stays exactly as it was.
+        """
+        if isinstance(state_dict, (str, os.PathLike)):
+            state_dict = read_checkpoint(state_dict)
+        check_state_dict_structure(state_dict)
         # Only our own marker: torch.distributed.checkpoint passes name-keyed dicts that it
         # has put in this optimizer's order, to be loaded by position.
         if state_dict.get(NAMED):
             state_dict = self._positional(state_dict)
+        self._check_state_dict(state_dict)
+        before = {key: self.__dict__[key] for key in RESTORED_ON_FAILURE}
+        try:
+            self._load_checked_state_dict(state_dict)
+        except BaseException:
+            self.__dict__.update(before)
+            self._layouts, self._state_snapshot = {}, []
+            raise
+        self.skipped_steps = state_dict.get("skipped_steps", self.skipped_steps)
+
+    def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """ValueError saying what differs if ``state_dict`` (positional) cannot be this
+        optimizer's: another optimizer, other group or parameter counts, unknown state
+        entries, or state tensors of another shape."""
+        name = type(self).__name__
+        kind = state_dict.get("optimizer")
+        if kind is not None and kind != name:
+            raise ValueError(f"the state dict is of {kind}, not of {name}")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"the state dict has {len(saved_groups)} param groups, {name} has "
+                f"{len(self.param_groups)}"
+            )
+        ours = set(option_hints(type(self))) | set(self.defaults)
+        foreign = {
+            option
+            for cls in optimizer_classes()
+            for option in option_hints(cls)
+            if option not in ours
+        }
+        params = {}
+        for index, (group, saved) in enumerate(zip(self.param_groups, saved_groups, strict=True)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"param group {index} of the state dict has {len(saved['params'])} "
+                    f"parameters, {name}'s has {len(group['params'])}"
+                )
+            others = sorted(foreign & set(saved))
+            if others:
+                raise ValueError(
+                    f"param group {index} of the state dict has options {others} that {name} "
+                    "does not have: a state dict of another optimizer?"
+                )
+            params.update(zip(saved["params"], group["params"], strict=True))
+        allowed = {"step"} | set(self.state_buffers)
+        allowed |= {key + suffix for key in self.state_buffers for suffix in (CODES, ABSMAX)}
+        for param_id, param_state in state_dict["state"].items():
+            if param_id not in params:
+                raise ValueError(f"the state dict has state for an unknown parameter {param_id!r}")
+            param = params[param_id]
+            unknown = sorted(set(map(str, param_state)) - allowed)
+            if unknown:
+                raise ValueError(
+                    f"the state of parameter {param_id} has {unknown}, which {name} does not "
+                    f"keep (its state: {', '.join(sorted(allowed))}): a state dict of "
+                    "another optimizer?"
+                )
+            for key, value in param_state.items():
+                expected = self._expected_shape(param, str(key))
+                if isinstance(value, Tensor) and expected is not None and value.shape != expected:
+                    raise ValueError(
+                        f"the state {key!r} of parameter {param_id} has shape "
+                        f"{tuple(value.shape)}, {name} expects {tuple(expected)} for its "
+                        f"parameter of shape {tuple(param.shape)}"
+                    )
+
+    @staticmethod
+    def _expected_shape(param: Tensor, key: str) -> torch.Size | None:
+        """The shape a state tensor ``key`` of ``param`` must have (None: any)."""
+        if key == "step":
+            return None
+        if key.endswith(ABSMAX):
+            # One scale per block; a DTensor shard's scales cover its local elements.
+            blocks = (local(param).numel() + QBLOCK - 1) // QBLOCK
+            return (
+                None
+                if DTensor is not None and isinstance(param, DTensor)
+                else (torch.Size((blocks,)))
+            )
+        return param.shape
+
+    def _load_checked_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``load_state_dict`` after the checks."""
         compact_keys = (CODES, ABSMAX)
         saved = state_dict["state"]
         compact = {
@@ -666,6 +999,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         rounding = state_dict.get("rounding")
         if rounding is not None:
             self._rounding_seed, self._rounding_steps = rounding["seed"], rounding["steps"]
+        self._layouts, self._state_snapshot = {}, []
 
     def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """Fill the empty ``state`` of ``param`` with the optimizer's initial buffers."""

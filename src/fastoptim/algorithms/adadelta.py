@@ -52,6 +52,7 @@ class Adadelta(BaseOptimizer):
         fused: bool | None = None,
         state_dtype: torch.dtype | str | None = None,
         stochastic_rounding: bool | None = None,
+        nonfinite: str | None = None,
     ) -> None:
         check_tensor_lr(lr)
         check_non_negative(lr, "learning rate")
@@ -71,6 +72,7 @@ class Adadelta(BaseOptimizer):
             "fused": fused,
             "state_dtype": state_dtype,
             "stochastic_rounding": stochastic_rounding,
+            "nonfinite": nonfinite,
         }
         super().__init__(params, defaults)
 

@@ -51,6 +51,7 @@ class Adam(BaseOptimizer):
         decoupled_weight_decay: bool = False,
         state_dtype: torch.dtype | str | None = None,
         stochastic_rounding: bool | None = None,
+        nonfinite: str | None = None,
     ) -> None:
         if isinstance(lr, Tensor):
             if foreach and not capturable:
@@ -92,6 +93,7 @@ class Adam(BaseOptimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
             "state_dtype": state_dtype,
             "stochastic_rounding": stochastic_rounding,
+            "nonfinite": nonfinite,
         }
         super().__init__(params, defaults)
 

@@ -36,6 +36,7 @@ class AdamW(Adam):
         fused: bool | None = None,
         state_dtype: torch.dtype | str | None = None,
         stochastic_rounding: bool | None = None,
+        nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -52,6 +53,7 @@ class AdamW(Adam):
             decoupled_weight_decay=True,
             state_dtype=state_dtype,
             stochastic_rounding=stochastic_rounding,
+            nonfinite=nonfinite,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -55,6 +55,7 @@ class RMSprop(BaseOptimizer):
         fused: bool | None = None,
         state_dtype: torch.dtype | str | None = None,
         stochastic_rounding: bool | None = None,
+        nonfinite: str | None = None,
     ) -> None:
         check_tensor_lr(lr)
         check_non_negative(lr, "learning rate")
@@ -76,6 +77,7 @@ class RMSprop(BaseOptimizer):
             "fused": fused,
             "state_dtype": state_dtype,
             "stochastic_rounding": stochastic_rounding,
+            "nonfinite": nonfinite,
         }
         super().__init__(params, defaults)
 

@@ -450,8 +450,8 @@ class Kernel:
         serial.__qualname__ = function.__qualname__ + "_serial"  # its own cache entry
         self.serial = njit(**options)(serial)
 
-    def __call__(self, *args: Any) -> None:
-        (self.serial if _forked else self.parallel)(*args)
+    def __call__(self, *args: Any) -> Any:
+        return (self.serial if _forked else self.parallel)(*args)
 
 
 def kernel(function: Callable[..., Any]) -> Kernel:
