@@ -444,6 +444,7 @@ class BaseOptimizer(torch.optim.Optimizer):
                 f"a param group needs 'params' (its parameters), got only {sorted(param_group)}"
             )
         check_option_types(type(self), param_group)
+        self._check_group_values(param_group)
         options = {**self.defaults, **param_group}
         check_state_options(options.get("state_dtype"), options.get("stochastic_rounding"))
         if options.get("nonfinite") not in NONFINITE_MODES:
@@ -458,6 +459,19 @@ class BaseOptimizer(torch.optim.Optimizer):
             if len({id(p) for p in tensors}) != len(tensors):
                 raise ValueError("a parameter appears twice in the same param group")
         super().add_param_group(param_group)
+
+    def _check_group_values(self, param_group: dict[str, Any]) -> None:
+        """Check the values of the options a group sets for itself, as the constructor checks
+        its own (the same errors): by constructing a throwaway optimizer with them."""
+        hints = option_hints(type(self))
+        overrides = {
+            key: value
+            for key, value in param_group.items()
+            if key in hints and (key not in self.defaults or value is not self.defaults[key])
+        }
+        if overrides:
+            options = {key: value for key, value in self.defaults.items() if key in hints}
+            type(self)([torch.zeros(1, requires_grad=True)], **{**options, **overrides})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore pickled or loaded state; options missing from a group take this optimizer's
@@ -591,12 +605,14 @@ class BaseOptimizer(torch.optim.Optimizer):
             if grad is None:
                 continue
             for what in ("shape", "dtype", "device"):
-                if getattr(grad, what) != getattr(param, what):
+                found, expected = getattr(grad, what), getattr(param, what)
+                if found != expected:
                     group_index = next(i for i, g in enumerate(self.param_groups) if g is group)
+                    if what == "shape":
+                        found, expected = tuple(found), tuple(expected)
                     raise RuntimeError(
                         f"the gradient of {self._where(group_index, index)} has {what} "
-                        f"{getattr(grad, what)}, the parameter {getattr(param, what)}: "
-                        "no parameter or state was changed"
+                        f"{found}, the parameter {expected}: no parameter or state was changed"
                     )
 
     def _plan(self, group: dict[str, Any], same_states: bool) -> GroupPlan:
