@@ -417,3 +417,19 @@ def test_wrapper_subclasses_without_memory_take_the_reference_path() -> None:
         fastoptim.SGD([param], lr=0.1, fused=True).step()
     fastoptim.SGD([param], lr=0.1).step()  # the reference path: torch's ops on the subclass
     assert torch.equal(param.detach().a, torch.full((4,), 0.95))
+
+
+def test_layout_is_reused_with_empty_parameters() -> None:
+    params = [torch.zeros(0, requires_grad=True), torch.ones(5, requires_grad=True)]
+    optimizer = fastoptim.Adam(params, lr=0.1)
+    for _ in range(2):
+        for param in params:
+            param.grad = torch.ones_like(param)
+        optimizer.step()
+        layout = optimizer._layouts[id(optimizer.param_groups[0])]
+    params[1].grad = torch.ones(5)
+    params[0].grad = torch.ones(0)
+    assert optimizer._reuse_layout(optimizer.param_groups[0]) is not None
+    params[1].grad.data = torch.ones(5, dtype=torch.float64)  # another dtype: planned anew
+    assert optimizer._reuse_layout(optimizer.param_groups[0]) is None
+    assert layout.empty.tolist() == [True, False]

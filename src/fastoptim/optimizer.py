@@ -247,15 +247,24 @@ class GroupLayout:
     without_grad: list[bool]
     params: list[Tensor]
     param_addresses: np.ndarray
-    grad_specs: list[tuple[torch.Size, torch.dtype, bool]]
+    grad_specs: list[tuple[torch.Size, torch.dtype]]
+    empty: np.ndarray
+    distributed: bool
     strided: list[tuple[int, tuple[int, ...]]]
     kernel_keys: list[str]
     batches: list[LaidOutBatch]
 
 
-def addresses_of(tensors: list[Tensor]) -> np.ndarray:
-    """The ``data_ptr()`` of each tensor (of its local shard for a DTensor), as int64."""
+def addresses_of(tensors: list[Tensor], distributed: bool = True) -> np.ndarray:
+    """The ``data_ptr()`` of each tensor (of its local shard for a DTensor), as int64.
+    ``distributed=False`` promises plain tensors (faster)."""
+    if not distributed:
+        return np.fromiter(map(Tensor.data_ptr, tensors), np.int64, len(tensors))
     return np.fromiter((local(t).data_ptr() for t in tensors), np.int64, len(tensors))
+
+
+# A gradient's (shape, dtype): what the kernel layout of a group assumes between steps.
+GRAD_SPEC = operator.attrgetter("shape", "dtype")
 
 
 def kernel_blocker(param: Tensor) -> str | None:
@@ -686,10 +695,14 @@ class BaseOptimizer(torch.optim.Optimizer):
             return None
         if any(without_grad):
             grads = [grad for grad in grads if grad is not None]
-        if [(g.shape, g.dtype, g.is_cpu) for g in grads] != layout.grad_specs:
+        if list(map(GRAD_SPEC, grads)) != layout.grad_specs:
             return None
+        distributed = layout.distributed
         params = layout.params
-        laid_out = [local(grad).is_contiguous() for grad in grads]
+        if distributed:
+            laid_out = [local(grad).is_contiguous() for grad in grads]
+        else:
+            laid_out = list(map(Tensor.is_contiguous, grads))
         for index, stride in layout.strided:
             grad = local(grads[index])
             laid_out[index] = grad.layout is torch.strided and grad.stride() == stride
@@ -699,9 +712,11 @@ class BaseOptimizer(torch.optim.Optimizer):
             for key, row in zip(batch.state_keys, batch.state_tensors, strict=True):
                 if not all(map(operator.is_, [state.get(key) for state in batch.states], row)):
                     return None
-        if not np.array_equal(addresses_of(params), layout.param_addresses):
+        if not np.array_equal(addresses_of(params, distributed), layout.param_addresses):
             return None
-        grad_addresses = addresses_of(grads)
+        grad_addresses = addresses_of(grads, distributed)
+        if not (grad_addresses | layout.empty).all():  # a gradient without memory (meta, ...)
+            return None
         calls = []
         for batch in layout.batches:
             addresses = batch.call.addresses.copy()
@@ -755,7 +770,9 @@ class BaseOptimizer(torch.optim.Optimizer):
                 without_grad=[p.grad is None for p in group["params"]],
                 params=params,
                 param_addresses=addresses_of(params),
-                grad_specs=[(p.shape, p.dtype, p.is_cpu) for p in params],
+                grad_specs=[(p.shape, p.dtype) for p in params],
+                empty=np.array([p.numel() == 0 for p in params]),
+                distributed=DTensor is not None and any(isinstance(p, DTensor) for p in params),
                 strided=[
                     (i, local(p).stride())
                     for i, p in enumerate(params)
