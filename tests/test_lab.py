@@ -449,38 +449,12 @@ def test_compare_command_quiet_prints_nothing(tmp_path, capsys) -> None:
 
 
 def test_lr_find_command(tmp_path, capsys) -> None:
-    assert (
-        main(
-            [
-                "lr-find",
-                "--problem",
-                "linear-regression",
-                "--optimizer",
-                "sgd",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+    command = ["lr-find", "--problem", "linear-regression", "--optimizer", "sgd"]
+    assert main([*command, "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "linear-regression, SGD: suggested lr" in printed
     assert (tmp_path / "lr-find-linear-regression-SGD.png").is_file()
-    assert (
-        main(
-            [
-                "lr-find",
-                "--problem",
-                "linear-regression",
-                "--optimizer",
-                "sgd",
-                "--quiet",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+    assert main([*command, "--quiet", "--out", str(tmp_path)]) == 0
     suggestion = float(capsys.readouterr().out)  # printed with 6 significant digits
     assert suggestion == pytest.approx(lab.lr_find("linear-regression", "SGD").suggestion, 1e-5)
 

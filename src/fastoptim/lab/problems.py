@@ -93,10 +93,17 @@ def saddle_surface(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x**2 - y**2 + y**4 / 4 + 1
 
 
-def on_surface(
-    surface: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], start: tuple[float, float]
-) -> Callable[[int], Task]:
-    """``make(seed)`` for a 2-D problem: the point starts at ``start`` (seed-independent)."""
+def surface_problem(
+    name: str,
+    description: str,
+    surface: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    start: tuple[float, float],
+    bounds: tuple[float, float, float, float],
+    steps: int,
+    target_loss: float = 1e-3,
+) -> Problem:
+    """A 2-D problem: minimize ``surface`` from the point ``start`` (the same for every
+    seed); trajectories are drawn within ``bounds``."""
 
     def make(seed: int) -> Task:
         point = torch.tensor(start, requires_grad=True)
@@ -106,7 +113,7 @@ def on_surface(
             position=lambda: (point[0].item(), point[1].item()),
         )
 
-    return make
+    return Problem(name, description, make, steps, target_loss, surface, bounds)
 
 
 @functools.cache
@@ -210,42 +217,39 @@ PROBLEMS: dict[str, Problem] = {
             steps=200,
             target_loss=0.02,
         ),
-        Problem(
+        surface_problem(
             "rosenbrock",
             "Rosenbrock's banana valley from (-1.5, 2): minimum 0 at (1, 1).",
-            on_surface(rosenbrock_surface, (-1.5, 2.0)),
-            steps=500,
-            target_loss=1e-3,
-            surface=rosenbrock_surface,
+            rosenbrock_surface,
+            start=(-1.5, 2.0),
             bounds=(-2.0, 2.0, -1.0, 3.0),
+            steps=500,
         ),
-        Problem(
+        surface_problem(
             "rastrigin",
             "Rastrigin's egg crate from (-2.3, 2.6): local minima everywhere, global 0 at (0, 0).",
-            on_surface(rastrigin_surface, (-2.3, 2.6)),
+            rastrigin_surface,
+            start=(-2.3, 2.6),
+            bounds=(-4.0, 4.0, -4.0, 4.0),
             steps=300,
             target_loss=1e-2,
-            surface=rastrigin_surface,
-            bounds=(-4.0, 4.0, -4.0, 4.0),
         ),
-        Problem(
+        surface_problem(
             "beale",
             "Beale's function from (1, 1.4): flat plateaus, steep walls, minimum 0 at (3, 0.5).",
-            on_surface(beale_surface, (1.0, 1.4)),
-            steps=500,
-            target_loss=1e-3,
-            surface=beale_surface,
+            beale_surface,
+            start=(1.0, 1.4),
             bounds=(-1.0, 4.5, -1.5, 2.0),
+            steps=500,
         ),
-        Problem(
+        surface_problem(
             "saddle",
             "Escaping a saddle: x^2 - y^2 + y^4/4 + 1 from (1, 0.001), next to the saddle "
             "point (0, 0); minima 0 at (0, +-1.41).",
-            on_surface(saddle_surface, (1.0, 0.001)),
-            steps=200,
-            target_loss=1e-3,
-            surface=saddle_surface,
+            saddle_surface,
+            start=(1.0, 0.001),
             bounds=(-1.5, 1.5, -2.0, 2.0),
+            steps=200,
         ),
         Problem(
             "digits-logistic",
