@@ -566,3 +566,19 @@ def test_two_threads_step_two_optimizers() -> None:
     for (model, _), reference in zip(models, expected, strict=True):
         for a, b in zip(model.parameters(), reference.parameters(), strict=True):
             assert torch.equal(a, b)
+
+
+def test_user_subclasses_are_checked_by_their_own_annotations() -> None:
+    class Clipped(fastoptim.SGD):
+        def __init__(self, params: Any, lr: float = 0.1, clip: float = 1.0) -> None:
+            self.clip = clip
+            super().__init__(params, lr=lr)
+
+    class Unresolvable(fastoptim.SGD):
+        def __init__(self, params: Any, lr: "NotDefinedAnywhere" = 0.1) -> None:  # noqa: F821
+            super().__init__(params, lr=lr)
+
+    with pytest.raises(TypeError, match="Clipped: clip must be a number, got str 'x'"):
+        Clipped([tensor()], clip="x")
+    assert Clipped([tensor()], clip=2).clip == 2
+    assert Unresolvable([tensor()]).defaults["lr"] == 0.1

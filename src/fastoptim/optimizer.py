@@ -106,8 +106,12 @@ def matches(value: Any, hint: Any) -> bool:
 
 @functools.cache
 def option_hints(cls: type) -> dict[str, Any]:
-    """The annotated options of ``cls``'s constructor (``params`` excluded)."""
-    hints = typing.get_type_hints(cls.__init__)
+    """The annotated options of ``cls``'s constructor (``params`` excluded); none for a
+    user's subclass whose annotations cannot be resolved (its own checks then apply)."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except (NameError, TypeError):
+        return {}
     return {name: hint for name, hint in hints.items() if name not in ("params", "return")}
 
 
