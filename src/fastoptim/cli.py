@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="tutorial, comparison on every problem, LR range tests, report",
         description="Run the tutorial's examples, compare the seven optimizers on every "
         "built-in problem at a learning rate swept for each, run LR range tests, and write "
-        "report.html, the plots, results.json and results.csv (about a minute on 2 cores "
+        "report.html, the plots, results.json and results.csv (1-1.5 minutes on 2 cores "
         "once the kernels are compiled).",
     )
     demo_parser.add_argument(

@@ -45,7 +45,7 @@ def demo(
 ) -> Demo:
     """Run the tutorial, compare all seven optimizers (``lr="auto"``) on ``problems`` with
     each problem's step budget times ``scale`` (at least 10 steps), run LR range tests on
-    the linear regression, and write the report to ``out``. About a minute on 2 cores with
+    the linear regression, and write the report to ``out``. 1-1.5 minutes on 2 cores with
     the kernels compiled."""
     if not scale > 0:
         raise ValueError(f"invalid scale {scale!r}: expected a number > 0")
