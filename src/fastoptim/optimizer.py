@@ -8,6 +8,7 @@ and the glue to its fused kernel (``_kernel_state_keys``, ``_launch_kernel``) an
 implementation for other devices (``_torch_step``).
 """
 
+import contextlib
 import functools
 import inspect
 import numbers
@@ -18,7 +19,7 @@ import threading
 import types
 import typing
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any, ClassVar
@@ -36,7 +37,7 @@ from fastoptim.state import (
     INT8,
     DTensor,
     StateFormat,
-    check_state_options,
+    check_state_dtype,
     convert_buffer,
     local,
     state_format,
@@ -147,6 +148,14 @@ def checked_init(cls: type, init: Callable[..., None]) -> Callable[..., None]:
 
 # Numba's default thread pool serves one kernel at a time: Python threads take turns.
 KERNEL_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def kernel_turn() -> Iterator[None]:
+    """This Python thread's turn to run kernels, on as many threads as torch uses."""
+    with KERNEL_LOCK:
+        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        yield
 
 
 def scalar_dtype() -> torch.dtype:
@@ -347,7 +356,13 @@ def is_dense(tensor: Tensor) -> bool:
 
 
 # What load_state_dict puts back when loading fails part way.
-RESTORED_ON_FAILURE = ("state", "param_groups", "_rounding_seed", "_rounding_steps")
+RESTORED_ON_FAILURE = (
+    "state",
+    "param_groups",
+    "_rounding_seed",
+    "_rounding_steps",
+    "skipped_steps",
+)
 
 
 def optimizer_classes() -> list[type]:
@@ -459,7 +474,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         check_option_types(type(self), param_group)
         self._check_group_values(param_group)
         options = {**self.defaults, **param_group}
-        check_state_options(options.get("state_dtype"), options.get("stochastic_rounding"))
+        check_state_dtype(options.get("state_dtype"))
         if options.get("nonfinite") not in NONFINITE_MODES:
             raise ValueError(
                 f"nonfinite must be None, 'skip' or 'raise', got {options['nonfinite']!r}"
@@ -581,7 +596,7 @@ class BaseOptimizer(torch.optim.Optimizer):
                 batches = [(c.addresses[1], c.sizes, c.marker) for c in plan.calls]
             else:
                 batches = [self._grad_batch(batch) for batch in plan.batches]
-            with KERNEL_LOCK:
+            with kernel_turn():
                 bad = bad or any(count_nonfinite(*batch) for batch in batches)
             if bad and mode == "raise":
                 first = next(p for p in plan.params if not torch.isfinite(local(p.grad)).all())
@@ -789,8 +804,7 @@ class BaseOptimizer(torch.optim.Optimizer):
 
     def _run_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         """Run one fused kernel call on as many threads as torch uses."""
-        with KERNEL_LOCK:
-            numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        with kernel_turn():
             self._launch_kernel(group, call)
 
     def _step_without_kernel(
@@ -927,7 +941,6 @@ class BaseOptimizer(torch.optim.Optimizer):
             self.__dict__.update(before)
             self._layouts, self._state_snapshot = {}, []
             raise
-        self.skipped_steps = state_dict.get("skipped_steps", self.skipped_steps)
 
     def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
         """ValueError saying what differs if ``state_dict`` (positional) cannot be this
@@ -992,13 +1005,9 @@ class BaseOptimizer(torch.optim.Optimizer):
         if key == "step":
             return None
         if key.endswith(ABSMAX):
-            # One scale per block; a DTensor shard's scales cover its local elements.
-            blocks = (local(param).numel() + QBLOCK - 1) // QBLOCK
-            return (
-                None
-                if DTensor is not None and isinstance(param, DTensor)
-                else (torch.Size((blocks,)))
-            )
+            if DTensor is not None and isinstance(param, DTensor):
+                return None  # a shard's scales cover its local elements only
+            return torch.Size(((param.numel() + QBLOCK - 1) // QBLOCK,))
         return param.shape
 
     def _load_checked_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -1008,7 +1017,6 @@ class BaseOptimizer(torch.optim.Optimizer):
         compact = {
             param_id: {k: v for k, v in s.items() if str(k).endswith(compact_keys)}
             for param_id, s in saved.items()
-            if isinstance(s, dict)
         }
         if any(compact.values()):
             # torch.optim casts floating state to each parameter's dtype: codes and scales
@@ -1036,7 +1044,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         rounding = state_dict.get("rounding")
         if rounding is not None:
             self._rounding_seed, self._rounding_steps = rounding["seed"], rounding["steps"]
-        self._layouts, self._state_snapshot = {}, []
+        self.skipped_steps = state_dict.get("skipped_steps", self.skipped_steps)
 
     def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """Fill the empty ``state`` of ``param`` with the optimizer's initial buffers."""

@@ -35,16 +35,13 @@ STATE_DTYPES = (None, torch.float32, torch.bfloat16, INT8)
 StateFormat = torch.dtype | str
 
 
-def check_state_options(state_dtype: Any, stochastic_rounding: Any) -> None:
-    """Raise ValueError unless both options hold allowed values."""
+def check_state_dtype(state_dtype: Any) -> None:
+    """Raise ValueError unless ``state_dtype`` is one of STATE_DTYPES. (Its type, and
+    ``stochastic_rounding``'s, are checked with every option's: fastoptim.optimizer.)"""
     if not any(state_dtype is allowed or state_dtype == allowed for allowed in STATE_DTYPES):
         raise ValueError(
             "state_dtype must be None, torch.float32, torch.bfloat16 or 'int8', "
             f"got {state_dtype!r}"
-        )
-    if stochastic_rounding not in (None, True, False):
-        raise ValueError(
-            f"stochastic_rounding must be None, True or False, got {stochastic_rounding!r}"
         )
 
 

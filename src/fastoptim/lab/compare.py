@@ -165,53 +165,40 @@ def train(
     """Train a fresh ``problem.make(seed)`` task with ``fastoptim.<optimizer>`` at ``lr`` for
     ``steps`` steps. A non-finite loss ends the run as diverged. With ``record=False`` no test
     accuracy or trajectory is taken (for sweeps). torch's global random state is restored."""
-    with torch.random.fork_rng(devices=[]):
-        task = problem.make(seed)
-        opt = getattr(fastoptim, optimizer)(task.params, lr=lr, **(options or {}))
-        return _train_task(problem, task, opt, optimizer, lr, steps, seed, record)
-
-
-def _train_task(
-    problem: Problem,
-    task: Task,
-    opt: torch.optim.Optimizer,
-    optimizer: str,
-    lr: float,
-    steps: int,
-    seed: int,
-    record: bool,
-) -> Run:
     evaluate_every = max(1, steps // 20)
     losses: list[float] = []
     times: list[float] = []
     accuracy: list[tuple[int, float]] = []
-    trajectory = [task.position()] if record and task.position else []
     diverged = False
-    for step in range(steps):
-        if record and task.test_accuracy and step % evaluate_every == 0:
-            accuracy.append((step, task.test_accuracy()))
-        started = time.perf_counter()
-        opt.zero_grad()
-        loss = task.loss(step)
-        loss.backward()
-        value = loss.item()
-        if not math.isfinite(value):
-            diverged = True
-            break
-        opt.step()
-        times.append(time.perf_counter() - started)
-        losses.append(value)
-        if trajectory:
-            trajectory.append(task.position())
-    final_loss = math.inf
-    if not diverged:
-        final_loss = task.full_loss() if task.full_loss else _final_loss(task, steps)
-        diverged = not math.isfinite(final_loss)
-        final_loss = final_loss if not diverged else math.inf
-    test_accuracy = None
-    if task.test_accuracy and record:
-        test_accuracy = task.test_accuracy() if not diverged else 0.0
-        accuracy.append((len(losses), test_accuracy))
+    with torch.random.fork_rng(devices=[]):
+        task = problem.make(seed)
+        opt = getattr(fastoptim, optimizer)(task.params, lr=lr, **(options or {}))
+        trajectory = [task.position()] if record and task.position else []
+        for step in range(steps):
+            if record and task.test_accuracy and step % evaluate_every == 0:
+                accuracy.append((step, task.test_accuracy()))
+            started = time.perf_counter()
+            opt.zero_grad()
+            loss = task.loss(step)
+            loss.backward()
+            value = loss.item()
+            if not math.isfinite(value):
+                diverged = True
+                break
+            opt.step()
+            times.append(time.perf_counter() - started)
+            losses.append(value)
+            if trajectory:
+                trajectory.append(task.position())
+        if not diverged:
+            final_loss = task.full_loss() if task.full_loss else _final_loss(task, steps)
+            diverged = not math.isfinite(final_loss)
+        if diverged:
+            final_loss = math.inf
+        test_accuracy = None
+        if task.test_accuracy and record:
+            test_accuracy = task.test_accuracy() if not diverged else 0.0
+            accuracy.append((len(losses), test_accuracy))
     target = -math.inf if problem.target_loss is None else problem.target_loss
     reached = [step for step, value in enumerate(losses, 1) if value <= target]
     return Run(

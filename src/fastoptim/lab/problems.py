@@ -36,8 +36,9 @@ class Task:
 
     ``params``: what the optimizer trains (tensors or param-group dicts). ``loss(step)``: the
     training loss at step ``step`` (its minibatch, or all the data), with a graph to
-    differentiate. Optional: ``full_loss()`` the loss on the whole training set (default: the
-    mean of the last steps' losses), ``test_accuracy()`` a fraction in [0, 1], and
+    differentiate. Optional: ``full_loss()`` the loss on the whole training set (default:
+    ``loss(steps)`` after the last step, without gradient), ``test_accuracy()`` a fraction
+    in [0, 1], and
     ``position()`` the (x, y) point of a 2-D problem.
     """
 
