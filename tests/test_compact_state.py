@@ -109,6 +109,7 @@ def test_int8_adam_keeps_about_two_bytes_per_parameter() -> None:
 @pytest.mark.parametrize("state_dtype", COMPACT, ids=["bf16", "int8"])
 @pytest.mark.parametrize("name", NAMES)
 def test_compact_state_tracks_the_float32_state(name: str, state_dtype) -> None:
+    torch.manual_seed(0)  # the rounding stream
     start = torch.randn(64, 256)
     compact, full = start.clone().requires_grad_(), start.clone().requires_grad_()
     cls = getattr(fastoptim, name)
@@ -163,6 +164,50 @@ def test_stochastic_rounding_of_8bit_codes_is_unbiased(code_dtype, value: float)
     # Neighbouring codes are at most 12.5% of the value apart.
     tolerance = 5 * 0.125 * abs(value) * 0.5 / math.sqrt(count)
     assert abs(_mean_of_roundings(value, codes, count) - value) <= tolerance
+
+
+def assert_roundings_independent(round_up: torch.Tensor) -> None:
+    """``round_up[step, element]``: whether each element rounded up. Independent roundings
+    make each step's count binomial; its variance over the steps must be n p (1 - p) within
+    4 standard errors of a variance estimate (sqrt(2 / steps): 0.6-1.4 for 200 steps).
+    Unbiased but correlated bits (a Weyl sequence under one key, say) keep the count near
+    n p in every step: variance ratio near 0."""
+    steps, count = round_up.shape
+    p = round_up.double().mean().item()
+    assert 0.1 < p < 0.9  # the values lie between two representable numbers
+    ratio = round_up.sum(1).double().var().item() / (count * p * (1 - p))
+    assert abs(ratio - 1) <= 4 * math.sqrt(2 / steps), ratio
+
+
+def test_stochastic_rounding_of_parameters_is_independent_between_elements() -> None:
+    torch.manual_seed(0)
+    param = torch.ones(4096, dtype=torch.bfloat16, requires_grad=True)
+    optimizer = fastoptim.SGD([param], lr=2.0**-10, stochastic_rounding=True)
+    param.grad = torch.ones(4096, dtype=torch.bfloat16)
+    round_up = []
+    for _ in range(200):
+        with torch.no_grad():
+            param.fill_(1.0)
+        optimizer.step()  # 1 - 2^-10: a quarter of a unit above 1 - 2^-8
+        round_up.append(param.detach() == 1.0)
+    assert_roundings_independent(torch.stack(round_up))
+
+
+def test_stochastic_rounding_of_8bit_state_is_independent_between_elements() -> None:
+    """RMSprop with alpha=0 stores g^2 each step; each block of 256 holds one 1.0 (its scale)
+    and 255 values between two codes."""
+    torch.manual_seed(0)
+    param = torch.zeros(64, 256, requires_grad=True)
+    optimizer = fastoptim.RMSprop([param], alpha=0.0, state_dtype="int8")
+    grad = torch.full((64, 256), 0.72)  # squared: 0.5184, 0.3 of a code step above 0.5
+    grad[:, 0] = 1.0
+    round_up = []
+    for _ in range(200):
+        param.grad = grad.clone()
+        optimizer.step()
+        stored = buffer(optimizer.state[param], "square_avg")[:, 1:]
+        round_up.append((stored > (grad[:, 1:] ** 2)).flatten())
+    assert_roundings_independent(torch.stack(round_up))
 
 
 def seeded_run(seed: int, state_dtype, dtype: torch.dtype) -> list[torch.Tensor]:

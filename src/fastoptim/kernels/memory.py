@@ -127,25 +127,6 @@ def random_bits(typingctx, key, index):  # type: ignore[no-untyped-def]
     return types.uint32(key, index), codegen
 
 
-@intrinsic
-def element_bits(typingctx, key, index):  # type: ignore[no-untyped-def]
-    """32 random bits (uint32) for element ``index`` under a well-mixed ``key`` (from
-    :func:`random_bits`, new each step): (key + index) * odd, then x ^ (x >> 16). Both steps
-    are bijections, so for a fixed element a uniformly random key gives uniformly random bits:
-    stochastic rounding stays unbiased. One multiply, where random_bits takes three."""
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        i32 = ir.IntType(32)
-
-        def as_i32(value):  # type: ignore[no-untyped-def]
-            return builder.trunc(value, i32) if value.type.width > 32 else value
-
-        x = builder.mul(builder.add(as_i32(args[0]), as_i32(args[1])), ir.Constant(i32, 0x9E3779B1))
-        return builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
-
-    return types.uint32(key, index), codegen
-
-
 @njit(inline="always")
 def round_to_bfloat16(value, stochastic, bits):  # type: ignore[no-untyped-def]
     """A float32 as bfloat16 bits: to nearest (ties to even), or stochastically using the low
@@ -304,7 +285,7 @@ def _put(sink, index, value, source):  # type: ignore[no-untyped-def]
     if isinstance(source, types.BaseNamedTuple) and source.instance_class is Rounded:
 
         def rounded(sink, index, value, source):  # type: ignore[no-untyped-def]
-            bits = element_bits(source.key, source.offset + index)
+            bits = random_bits(source.key, source.offset + index)
             sink[index] = round_to_bfloat16(value, source.stochastic, bits)
 
         return rounded
@@ -370,7 +351,7 @@ def _finish(source, sink):  # type: ignore[no-untyped-def]
             source.scale[0] = scale
             inverse = np.float32(1.0) / scale if scale > 0 else np.float32(1.0)  # exact
             for i in range(sink.size):
-                bits = element_bits(source.key, source.offset + i)
+                bits = random_bits(source.key, source.offset + i)
                 codes[i] = encode_code(sink[i] * inverse, codes, source.stochastic, bits)
 
         return quantize_block
