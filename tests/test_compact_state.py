@@ -210,6 +210,24 @@ def test_stochastic_rounding_of_8bit_state_is_independent_between_elements() -> 
     assert_roundings_independent(torch.stack(round_up))
 
 
+def test_stochastic_rounding_of_two_bfloat16_buffers_is_independent() -> None:
+    """Adam's first step from zero state stores m = 0.1 g and v = 0.001 g^2 (float32, then
+    rounded to bfloat16); the two buffers share a hash per element, using different halves,
+    so whether m rounds up tells nothing about v: their correlation over 2^16 elements is
+    within 5 standard errors (1 / sqrt(n)) of 0."""
+    count = 1 << 16
+    param = torch.zeros(count, requires_grad=True)
+    optimizer = fastoptim.Adam([param], state_dtype=torch.bfloat16)
+    param.grad = torch.randn(count)
+    optimizer.step()
+    g = param.grad
+    state = optimizer.state[param]
+    up_m = (state["exp_avg"].float().abs() > (0.1 * g).abs()).double()  # rounded away from 0
+    up_v = (state["exp_avg_sq"].float() > 0.001 * g * g).double()
+    correlation = torch.corrcoef(torch.stack([up_m, up_v]))[0, 1].item()
+    assert abs(correlation) <= 5 / math.sqrt(count), correlation
+
+
 def seeded_run(seed: int, state_dtype, dtype: torch.dtype) -> list[torch.Tensor]:
     torch.manual_seed(seed)
     params = [torch.randn(64, 128, dtype=dtype), torch.randn(100, dtype=dtype)]
