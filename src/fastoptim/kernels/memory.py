@@ -306,11 +306,8 @@ def _put(sink, index, value, source):  # type: ignore[no-untyped-def]
     if isinstance(source, types.BaseNamedTuple) and source.instance_class is Rounded:
 
         def rounded(sink, index, value, source):  # type: ignore[no-untyped-def]
-            if source.stochastic:
-                bits = random_bits(source.key, source.offset + index) >> source.shift
-                sink[index] = round_to_bfloat16(value, True, bits)
-            else:
-                sink[index] = round_to_bfloat16(value, False, np.uint32(0))
+            bits = random_bits(source.key, source.offset + index) >> source.shift
+            sink[index] = round_to_bfloat16(value, source.stochastic, bits)
 
         return rounded
 
