@@ -46,6 +46,10 @@ def test_bench_writes_ratios_and_a_table(tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "| many-small | Adam |" in printed and "| many-small | SGD |" in printed
     assert "| many-small | Adam | int8 |" in printed
+    # The bandwidth at the start and before the state timings, which depend on it.
+    assert report["compact_state_bandwidth_gb_per_s"] > 0
+    assert "Memory bandwidth (a += s * b, float32): " in printed
+    assert "Memory bandwidth before the state timings: " in printed
 
 
 @pytest.mark.parametrize(

@@ -280,7 +280,11 @@ def run(
                 flush=True,
             )
     compact: list[CompactResult] = []
+    compact_bandwidth = None
     if compact_state:
+        # The compact steps are bound by arithmetic, float32 by memory: their ratio depends on
+        # the bandwidth at the time, which on a shared machine moves with other tenants.
+        compact_bandwidth = bandwidth(max(largest, 1 << 24), repeats)
         mix = "transformer" if "transformer" in mixes else mixes[0]
         for name in optimizers:
             compact += bench_compact_state(name, mix, shapes[mix], repeats)
@@ -293,13 +297,15 @@ def run(
         "results": [asdict(result) for result in results],
         "compact_state": [asdict(result) for result in compact],
     }
+    if compact_bandwidth is not None:
+        report["compact_state_bandwidth_gb_per_s"] = compact_bandwidth / 1e9
     if first_step:
         cold, warm = first_step_seconds()
         report["first_step_seconds"] = {"cold_cache": cold, "warm_cache": warm}
-    print()
+    print(f"\nMemory bandwidth (a += s * b, float32): {bytes_per_second / 1e9:.1f} GB/s\n")
     print(table(results))
-    if compact:
-        print()
+    if compact_bandwidth is not None:
+        print(f"\nMemory bandwidth before the state timings: {compact_bandwidth / 1e9:.1f} GB/s\n")
         print(compact_table(compact))
     if first_step:
         print(f"\nFirst Adam step in a new process: {cold:.2f} s cold cache, {warm:.2f} s warm")
