@@ -268,19 +268,17 @@ class GroupLayout:
     batches: list[LaidOutBatch]
 
 
-def addresses_of(tensors: list[Tensor], distributed: bool = True) -> np.ndarray:
-    """The ``data_ptr()`` of each tensor (of its local shard for a DTensor), as int64.
-    ``distributed=False`` promises plain tensors (faster)."""
-    if not distributed:
-        return np.fromiter(map(Tensor.data_ptr, tensors), np.int64, len(tensors))
-    return np.fromiter((local(t).data_ptr() for t in tensors), np.int64, len(tensors))
-
-
 def pointers_of(tensors: list[Tensor], distributed: bool = True) -> list[int]:
-    """:func:`addresses_of` as a list, which compares faster for a few tensors."""
+    """The ``data_ptr()`` of each tensor (of its local shard for a DTensor).
+    ``distributed=False`` promises plain tensors (faster)."""
     if not distributed:
         return list(map(Tensor.data_ptr, tensors))
     return [local(t).data_ptr() for t in tensors]
+
+
+def addresses_of(tensors: list[Tensor]) -> np.ndarray:
+    """:func:`pointers_of` as int64, the kernels' address arrays."""
+    return np.array(pointers_of(tensors), np.int64)
 
 
 # A gradient's (shape, dtype): what the kernel layout of a group assumes between steps.
