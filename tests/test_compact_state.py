@@ -150,7 +150,7 @@ def test_stochastic_rounding_of_bfloat16_parameters_is_unbiased() -> None:
 def _mean_of_roundings(value, codes, count):  # type: ignore[no-untyped-def]
     total = 0.0
     for i in range(count):
-        total += decode(encode_code(np.float32(value), codes, True, random_bits(7, i)))
+        total += decode(encode_code(np.float32(value), codes, True, random_bits(7, 0, i)))
     return total / count
 
 

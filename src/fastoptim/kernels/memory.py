@@ -109,9 +109,11 @@ def bfloat16_to_float32(bits):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def random_bits(typingctx, key, index):  # type: ignore[no-untyped-def]
-    """32 well-mixed bits (uint32) from an integer ``key`` and an element ``index``: a hash in
-    32-bit arithmetic (Numba would widen it to 64 bits, which does not vectorize)."""
+def random_bits(typingctx, key, offset, index):  # type: ignore[no-untyped-def]
+    """32 well-mixed bits (uint32) from an integer ``key`` and an element index ``offset +
+    index``: a hash in 32-bit arithmetic. Numba would widen it to 64 bits, which does not
+    vectorize, and the sum's low 32 bits are all it uses: adding them in 32 bits keeps a
+    loop's index vector at 32 bits."""
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         i32 = ir.IntType(32)
@@ -122,12 +124,13 @@ def random_bits(typingctx, key, index):  # type: ignore[no-untyped-def]
         def mix(x, shift):  # type: ignore[no-untyped-def]
             return builder.xor(x, builder.lshr(x, ir.Constant(i32, shift)))
 
-        x = builder.xor(as_i32(args[0]), builder.mul(as_i32(args[1]), ir.Constant(i32, 0x9E3779B1)))
+        position = builder.add(as_i32(args[1]), as_i32(args[2]))
+        x = builder.xor(as_i32(args[0]), builder.mul(position, ir.Constant(i32, 0x9E3779B1)))
         x = builder.mul(mix(x, 16), ir.Constant(i32, 0x7FEB352D))
         x = builder.mul(mix(x, 15), ir.Constant(i32, 0x846CA68B))
         return mix(x, 16)
 
-    return types.uint32(key, index), codegen
+    return types.uint32(key, offset, index), codegen
 
 
 @njit(inline="always")
@@ -261,7 +264,7 @@ def _open_buffer(memory, row, tensor, first, last, marker):  # type: ignore[no-u
             addresses, scales, key, stochastic = memory
             codes = view(addresses[row, tensor], last, marker)[first:last]
             scale = view(scales[row, tensor] + (first // QBLOCK) * 4, 1, np.float32)
-            tensor_key = random_bits(key, tensor * 0x10001 + row * 0x1000193)
+            tensor_key = random_bits(key, 0, tensor * 0x10001 + row * 0x1000193)
             return Quantized(codes, scale, tensor_key, first, stochastic)
 
         return quantized
@@ -272,7 +275,7 @@ def _open_buffer(memory, row, tensor, first, last, marker):  # type: ignore[no-u
             bits = view(addresses[row, tensor], last, marker)[first:last]
             # Rows 2k-1 and 2k share a hash per element (its low and high 16 bits).
             pair = (row + 1) // 2
-            tensor_key = random_bits(key, tensor * 0x10001 + pair * 0x1000193 + 0x7F4A7C15)
+            tensor_key = random_bits(key, 0x7F4A7C15, tensor * 0x10001 + pair * 0x1000193)
             return Rounded(bits, tensor_key, first, np.uint32(16 * (row % 2)), stochastic)
 
         return rounded
@@ -306,7 +309,7 @@ def _put(sink, index, value, source):  # type: ignore[no-untyped-def]
     if isinstance(source, types.BaseNamedTuple) and source.instance_class is Rounded:
 
         def rounded(sink, index, value, source):  # type: ignore[no-untyped-def]
-            bits = random_bits(source.key, source.offset + index) >> source.shift
+            bits = random_bits(source.key, source.offset, index) >> source.shift
             sink[index] = round_to_bfloat16(value, source.stochastic, bits)
 
         return rounded
@@ -378,13 +381,13 @@ def _finish(source, sink):  # type: ignore[no-untyped-def]
             # Elements i and i + half share a hash: its low and high 16 bits.
             half = sink.size // 2
             for i in range(half):
-                bits = random_bits(source.key, source.offset + i)
+                bits = random_bits(source.key, source.offset, i)
                 low, high = bits << np.uint32(16), bits & np.uint32(0xFFFF0000)
                 codes[i] = encode_code(sink[i] * inverse, codes, True, low)
                 codes[i + half] = encode_code(sink[i + half] * inverse, codes, True, high)
             if sink.size % 2:
                 last = sink.size - 1
-                bits = random_bits(source.key, source.offset + last)
+                bits = random_bits(source.key, source.offset, last)
                 codes[last] = encode_code(sink[last] * inverse, codes, True, bits)
 
         return quantize_block
