@@ -111,8 +111,8 @@ def bfloat16_to_float32(bits):  # type: ignore[no-untyped-def]
 @intrinsic
 def random_bits(typingctx, key, offset, index):  # type: ignore[no-untyped-def]
     """32 well-mixed bits (uint32) from an integer ``key`` and an element index ``offset +
-    index``: a hash in 32-bit arithmetic. Numba would widen it to 64 bits, which does not
-    vectorize, and the sum's low 32 bits are all it uses: adding them in 32 bits keeps a
+    index``: a two-multiply integer hash of ``key + offset + index`` in 32-bit arithmetic.
+    Numba would widen it to 64 bits, which does not vectorize; adding in 32 bits also keeps a
     loop's index vector at 32 bits."""
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
@@ -124,8 +124,7 @@ def random_bits(typingctx, key, offset, index):  # type: ignore[no-untyped-def]
         def mix(x, shift):  # type: ignore[no-untyped-def]
             return builder.xor(x, builder.lshr(x, ir.Constant(i32, shift)))
 
-        position = builder.add(as_i32(args[1]), as_i32(args[2]))
-        x = builder.xor(as_i32(args[0]), builder.mul(position, ir.Constant(i32, 0x9E3779B1)))
+        x = builder.add(as_i32(args[0]), builder.add(as_i32(args[1]), as_i32(args[2])))
         x = builder.mul(mix(x, 16), ir.Constant(i32, 0x7FEB352D))
         x = builder.mul(mix(x, 15), ir.Constant(i32, 0x846CA68B))
         return mix(x, 16)
