@@ -147,6 +147,61 @@ def test_stochastic_rounding_of_bfloat16_parameters_is_unbiased() -> None:
 
 
 @njit(cache=True)
+def _encode_all(values, codes):  # type: ignore[no-untyped-def]
+    for i in range(values.size):
+        codes[i] = encode_code(values[i], codes, False, np.uint32(0))
+
+
+@njit(cache=True)
+def _decode_all(codes, values):  # type: ignore[no-untyped-def]
+    for i in range(codes.size):
+        values[i] = decode(codes[i])
+
+
+def all_codes(code_dtype) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Every code of an 8-bit type (int8 without -128, which is not used)."""
+    info = np.iinfo(code_dtype)
+    return np.arange(info.min + (code_dtype == np.int8), info.max + 1).astype(code_dtype)
+
+
+def code_values(code_dtype) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The values of every code of an 8-bit type, as float32."""
+    values = np.empty(all_codes(code_dtype).size, np.float32)
+    _decode_all(all_codes(code_dtype), values)
+    return values
+
+
+@pytest.mark.parametrize("code_dtype", [np.int8, np.uint8])
+def test_8bit_codes_round_to_the_nearest_code(code_dtype) -> None:
+    """Every code encodes back to itself, and values across the whole range (the subnormal
+    codes near zero included) go to a nearest code."""
+    every_code = all_codes(code_dtype)
+    values_of_codes = code_values(code_dtype)
+    again = np.empty_like(every_code)
+    _encode_all(values_of_codes, again)
+    assert np.array_equal(again, every_code)
+
+    smallest_normal = 2.0**-14 if code_dtype == np.int8 else 2.0**-30
+    generator = np.random.default_rng(0)
+    values = np.concatenate(
+        [
+            generator.uniform(0.0, 1.875, 100_000),
+            generator.uniform(0.0, 2 * smallest_normal, 100_000),  # subnormal codes and above
+            2.0 ** generator.uniform(np.log2(smallest_normal) - 4, 0.9, 100_000),
+        ]
+    ).astype(np.float32)
+    values = np.minimum(values, np.float32(1.875))
+    if code_dtype == np.int8:
+        values = np.concatenate([values, -values])
+    codes = np.empty(values.size, code_dtype)
+    _encode_all(values, codes)
+    got = np.empty(values.size, np.float32)
+    _decode_all(codes, got)
+    nearest = np.abs(values[:, None] - values_of_codes[None, :]).min(axis=1)
+    assert (np.abs(got - values) <= nearest).all()
+
+
+@njit(cache=True)
 def _mean_of_roundings(value, codes, count):  # type: ignore[no-untyped-def]
     total = 0.0
     for i in range(count):
@@ -155,14 +210,17 @@ def _mean_of_roundings(value, codes, count):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("code_dtype", [np.int8, np.uint8])
-@pytest.mark.parametrize("value", [0.3337, 1.5e-5, 0.9])
+@pytest.mark.parametrize("value", [0.3337, 1.5e-5, 3e-10, 0.9])
 def test_stochastic_rounding_of_8bit_codes_is_unbiased(code_dtype, value: float) -> None:
+    """1.5e-5 lies among int8's subnormal codes, 3e-10 among uint8's."""
     if code_dtype == np.int8:
         value = -value
+    values = code_values(code_dtype)
+    gap = values[values >= value].min() - values[values <= value].max()
     codes = np.zeros(1, code_dtype)
     count = 200_000
-    # Neighbouring codes are at most 12.5% of the value apart.
-    tolerance = 5 * 0.125 * abs(value) * 0.5 / math.sqrt(count)
+    # Each rounding is one of the two neighbouring codes: standard deviation at most gap / 2.
+    tolerance = 5 * gap * 0.5 / math.sqrt(count)
     assert abs(_mean_of_roundings(value, codes, count) - value) <= tolerance
 
 

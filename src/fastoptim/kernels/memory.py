@@ -183,29 +183,21 @@ def _encode_magnitude(typingctx, y, bias, subnormal_step, stochastic, bits):  # 
         random = builder.trunc(random, i32) if random.type.width > 32 else random
         bias_value = builder.trunc(bias_value, i32) if bias_value.type.width > 32 else bias_value
         step = builder.fptrunc(step, f32) if step.type != f32 else step
-        # Normal codes: the float's bits with the low 20 dropped, after adding 20 random bits
+        # A subnormal code's value (below 8 steps) is lifted by 8 steps into the first normal
+        # range, where the step is the same; its code is then 8 more than the subnormal one.
+        lift = builder.fmul(step, ir.Constant(f32, 8.0))  # folded: step is a constant
+        small = builder.fcmp_ordered("<", value, lift)
+        lifted = builder.select(small, builder.fadd(value, lift), value)
+        # The code: the float's bits with the low 20 dropped, after adding 20 random bits
         # (stochastic) or half of the dropped unit (nearest).
-        raw = builder.bitcast(value, i32)
         rounding = builder.select(
             chance, builder.lshr(random, ir.Constant(i32, 12)), ir.Constant(i32, 1 << 19)
         )
-        normal = builder.sub(
-            builder.lshr(builder.add(raw, rounding), ir.Constant(i32, 20)), bias_value
+        rounded = builder.lshr(
+            builder.add(builder.bitcast(lifted, i32), rounding), ir.Constant(i32, 20)
         )
-        # Subnormal codes: value / step (a power of two: multiply by its exact inverse), plus
-        # a uniform fraction in [0, 1) or 0.5.
-        fraction = builder.select(
-            chance,
-            builder.fmul(  # 23 random bits: a signed conversion, which vectorizes
-                builder.sitofp(builder.lshr(random, ir.Constant(i32, 9)), f32),
-                ir.Constant(f32, 2.0**-23),
-            ),
-            ir.Constant(f32, 0.5),
-        )
-        inverse = builder.fdiv(ir.Constant(f32, 1.0), step)  # folded: step is a constant
-        subnormal = builder.fptosi(builder.fadd(builder.fmul(value, inverse), fraction), i32)
-        small = builder.fcmp_ordered("<", value, builder.fmul(step, ir.Constant(f32, 8.0)))
-        return builder.select(small, subnormal, normal)
+        offset = builder.select(small, builder.add(bias_value, ir.Constant(i32, 8)), bias_value)
+        return builder.sub(rounded, offset)
 
     return types.int32(y, bias, subnormal_step, stochastic, bits), codegen
 
