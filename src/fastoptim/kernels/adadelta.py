@@ -58,7 +58,7 @@ def adadelta_kernel(  # type: ignore[no-untyped-def]
                 p, g = decayed_grad(param, grad, i, factor, l2, decay)
                 v = load(square_avg, i) * keep + weight * g * g
                 a = load(acc_delta, i)
-                delta = np.sqrt(a + epsilon) / np.sqrt(v + epsilon) * g
+                delta = np.sqrt((a + epsilon) / (v + epsilon)) * g  # one root for two
                 put(new_square_avg, i, v, square_avg)
                 put(new_acc_delta, i, a * keep + weight * delta * delta, acc_delta)
                 put(new_param, i, p + neg_lr * delta, param)

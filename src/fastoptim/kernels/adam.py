@@ -37,9 +37,10 @@ def moments(param, grad, exp_avg, exp_avg_sq, i, c):  # type: ignore[no-untyped-
 
 
 @njit(inline="always")
-def stepped(p, m, v, neg_step_size, correction2, epsilon):  # type: ignore[no-untyped-def]
-    """The parameter after the step: p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
-    return p + neg_step_size * m / (np.sqrt(v) / correction2 + epsilon)
+def stepped(p, m, v, neg_step_size, inverse_correction2, epsilon):  # type: ignore[no-untyped-def]
+    """The parameter after the step: p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps),
+    dividing by sqrt(1 - b2^t) as a multiplication by its inverse (one division less)."""
+    return p + neg_step_size * m / (np.sqrt(v) * inverse_correction2 + epsilon)
 
 
 @kernel
@@ -66,13 +67,13 @@ def adam_kernel(  # type: ignore[no-untyped-def]
     addresses = memory[0]
     count = sizes.shape[0]
     step_sizes = np.empty(count)
-    bias_correction2_sqrts = np.empty(count)
+    inverse_correction2s = np.empty(count)
     for tensor in range(count):
         step = view(addresses[2, tensor], 1, step_marker)
         step[0] += 1
         t = np.float64(step[0])
         step_sizes[tensor] = lr / (1.0 - beta1**t)
-        bias_correction2_sqrts[tensor] = (1.0 - beta2**t) ** 0.5
+        inverse_correction2s[tensor] = (1.0 - beta2**t) ** -0.5
 
     c = (
         compute(grad_factor, marker),
@@ -92,7 +93,7 @@ def adam_kernel(  # type: ignore[no-untyped-def]
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
         scratch = scratch_for(marker, state_marker)
         neg_step_size = compute(-step_sizes[tensor], marker)
-        correction2 = compute(bias_correction2_sqrts[tensor], marker)
+        inverse_correction2 = compute(inverse_correction2s[tensor], marker)
         for first in range(start, stop, block):
             last = min(first + block, stop)
             param = open_buffer(memory, 0, tensor, first, last, marker)
@@ -111,7 +112,7 @@ def adam_kernel(  # type: ignore[no-untyped-def]
                     put(new_exp_avg_sq, i, v, exp_avg_sq)
                     v = maximum(load(max_exp_avg_sq, i), v)
                     put(new_max, i, v, max_exp_avg_sq)
-                    updated = stepped(p, m, v, neg_step_size, correction2, epsilon)
+                    updated = stepped(p, m, v, neg_step_size, inverse_correction2, epsilon)
                     put(new_param, i, updated, param)
                 finish(max_exp_avg_sq, new_max)
             else:
@@ -119,7 +120,7 @@ def adam_kernel(  # type: ignore[no-untyped-def]
                     p, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
                     put(new_exp_avg, i, m, exp_avg)
                     put(new_exp_avg_sq, i, v, exp_avg_sq)
-                    updated = stepped(p, m, v, neg_step_size, correction2, epsilon)
+                    updated = stepped(p, m, v, neg_step_size, inverse_correction2, epsilon)
                     put(new_param, i, updated, param)
             finish(exp_avg, new_exp_avg)
             finish(exp_avg_sq, new_exp_avg_sq)
