@@ -12,6 +12,8 @@ Bounds used here, and why:
 
 import io
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -503,3 +505,35 @@ def test_compact_state_off_the_cpu_is_refused_before_any_change() -> None:
     with pytest.raises(RuntimeError, match="state_dtype='int8' needs fastoptim's kernel"):
         optimizer.step()
     assert torch.equal(cpu, torch.ones(3)) and len(optimizer.state) == 0
+
+
+PEDANTIC_REPORT_SCRIPT = """
+import numpy as np
+from numba import njit
+from fastoptim.kernels.memory import Quantized, Rounded, finish, put
+
+@njit(cache=False)
+def round_blocks(values, codes, scales, bits, stochastic):
+    for first in range(0, values.size, 4):
+        block = slice(first, first + 4)
+        rounded = Rounded(bits[block], np.uint32(1), first, np.uint32(0), stochastic)
+        for i in range(4):
+            put(rounded.bits, i, values[first + i], rounded)
+        scale = scales[first // 4 : first // 4 + 1]
+        finish(Quantized(codes[block], scale, np.uint32(1), first, stochastic), values[block])
+
+values = np.linspace(-1, 1, 8).astype(np.float32)
+round_blocks(values, np.zeros(8, np.int8), np.zeros(2, np.float32), np.zeros(8, np.uint16), True)
+print("compiled")
+"""
+
+
+def test_compiling_the_rounding_helpers_prints_no_numba_pedantic_warnings() -> None:
+    """Numba's SSA check complains about the inlined helpers' variables when they work on
+    slices, as in the kernels; importing fastoptim hides exactly those complaints. In a new
+    process: pytest resets warning filters around each test."""
+    run = subprocess.run(
+        [sys.executable, "-c", PEDANTIC_REPORT_SCRIPT], capture_output=True, text=True, check=True
+    )
+    assert run.stdout.strip() == "compiled"
+    assert "NumbaIRAssumptionWarning" not in run.stderr

@@ -32,6 +32,7 @@ block. With 16 bits an 8-bit code's rounding probability is exact to 2^-16 of a 
 
 import os
 import types as pytypes
+import warnings
 from collections import namedtuple
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,7 @@ import numpy as np
 from llvmlite import ir
 from numba import carray, njit, types
 from numba.core import cgutils
+from numba.core.errors import NumbaIRAssumptionWarning
 from numba.extending import intrinsic, overload
 
 # Elements per unit of parallel work: large tensors are split so all threads share them.
@@ -451,6 +453,15 @@ def chunks_of(sizes):  # type: ignore[no-untyped-def]
             row += 1
     return rows
 
+
+# Compiling a kernel, Numba's internal SSA check reports variables of the inlined rounding
+# helpers (``put``, ``encode_code``) as out of scope: a pedantic check, not an error, printed
+# dozens of times on a user's first step. Only those reports are hidden.
+warnings.filterwarnings(
+    "ignore",
+    message=r"variable '_(put|encode_code)__locals__",
+    category=NumbaIRAssumptionWarning,
+)
 
 _forked = False
 
