@@ -268,7 +268,7 @@ def _open_buffer(memory, row, tensor, first, last, marker):  # type: ignore[no-u
             bits = view(addresses[row, tensor], last, marker)[first:last]
             # Rows 2k-1 and 2k share a hash per element (its low and high 16 bits).
             pair = (row + 1) // 2
-            tensor_key = random_bits(key, 0x7F4A7C15, tensor * 0x10001 + pair * 0x1000193)
+            tensor_key = random_bits(key, 0, tensor * 0x10001 + pair * 0x1000193 + 0x7F4A7C15)
             return Rounded(bits, tensor_key, first, np.uint32(16 * (row % 2)), stochastic)
 
         return rounded
