@@ -5,8 +5,10 @@ Tolerance: after 100 steps, every parameter and state tensor of the kernel path 
 largest magnitude the tensor had during the run (parameters from their starting values on): an
 element that passes near zero is the difference of operands of that scale, and its rounding
 error is relative to them, not to the small result. The kernels evaluate the same formulas in
-the same precision and order; they differ from torch only where torch's vectorized code fuses
-a multiply-add and the kernel does not, or the reverse.
+the same precision; they differ from torch only where torch's vectorized code fuses a
+multiply-add and the kernel does not (or the reverse), and where a kernel saves a divider
+operation: Adam multiplies by 1/sqrt(1 - beta2^t), Adadelta takes one square root of a
+quotient. Each is a rounding of the last bit or two of one operation.
 """
 
 import multiprocessing
