@@ -538,3 +538,41 @@ def test_compiling_the_rounding_helpers_prints_no_numba_pedantic_warnings() -> N
     )
     assert run.stdout.strip() == "compiled"
     assert "NumbaIRAssumptionWarning" not in run.stderr
+
+
+FLUSH_TO_ZERO_SCRIPT = """
+import numpy as np, torch
+from fastoptim.kernels.memory import quantize, dequantize
+
+def round_trip(values, code_dtype):
+    codes = np.empty(values.size, code_dtype)
+    scales = np.empty(1, np.float32)
+    quantize(values, codes, scales)
+    out = np.empty(values.size, np.float32)
+    dequantize(codes, scales, out)
+    return out
+
+signed = np.array([1.0, -0.3, 2.0**-13, -(2.0**-14), 3e-5, -2e-5], np.float32)
+unsigned = np.array([1.0, 0.3, 2.0**-29, 2.0**-30, 3e-10, 5e-10], np.float32)
+before = [round_trip(signed, np.int8), round_trip(unsigned, np.uint8)]
+print(torch.set_flush_denormal(True))
+after = [round_trip(signed, np.int8), round_trip(unsigned, np.uint8)]
+for b, a in zip(before, after):
+    print(" ".join(repr(float(x)) for x in b))
+    print(" ".join(repr(float(x)) for x in a))
+"""
+
+
+def test_8bit_codes_under_flush_to_zero_lose_only_the_subnormal_codes() -> None:
+    """With the CPU's flush-to-zero modes on, values below the smallest normal code (2^-14 of
+    the block scale for int8, 2^-30 for uint8) read and write as zero; the rest is unchanged."""
+    run = subprocess.run(
+        [sys.executable, "-c", FLUSH_TO_ZERO_SCRIPT], capture_output=True, text=True, check=True
+    )
+    supported, *rows = run.stdout.split("\n")
+    if supported != "True":
+        pytest.skip("torch.set_flush_denormal is not supported on this CPU")
+    for before, after in zip(rows[0:4:2], rows[1:4:2], strict=True):
+        normal, subnormal = [float(x) for x in before.split()[:4]], before.split()[4:]
+        assert [float(x) for x in after.split()] == normal + [0.0, 0.0]
+        assert all(float(x) != 0.0 for x in subnormal)
