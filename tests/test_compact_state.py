@@ -574,5 +574,5 @@ def test_8bit_codes_under_flush_to_zero_lose_only_the_subnormal_codes() -> None:
         pytest.skip("torch.set_flush_denormal is not supported on this CPU")
     for before, after in zip(rows[0:4:2], rows[1:4:2], strict=True):
         normal, subnormal = [float(x) for x in before.split()[:4]], before.split()[4:]
-        assert [float(x) for x in after.split()] == normal + [0.0, 0.0]
+        assert [float(x) for x in after.split()] == [*normal, 0.0, 0.0]
         assert all(float(x) != 0.0 for x in subnormal)
