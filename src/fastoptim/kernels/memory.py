@@ -21,10 +21,7 @@ A kernel opens each tensor's block of elements with ``open_buffer`` as a source,
   sign bit, 4 exponent and 3 mantissa bits, down to 2^-14 of the scale with subnormals below;
   unsigned codes (uint8, for non-negative state such as squared averages) have 5 exponent and
   3 mantissa bits, down to 2^-30. A code is within 6.25% of the value (nearest) or one code
-  step away (stochastic, unbiased). A code's bits are those of a float32 (moved to its top
-  bits and scaled by a power of two), whose subnormals give the code's: so with the CPU's
-  flush-to-zero and denormals-are-zero modes on (``torch.set_flush_denormal(True)``), values
-  below a code's smallest normal read and write as zero.
+  step away (stochastic, unbiased).
 
 Random bits for stochastic rounding come from a hash of (call key, tensor, buffer row, element
 index): reproducible, independent of the thread count, and independent between elements
@@ -52,10 +49,6 @@ CHUNK = 1 << 16
 
 # Elements per absmax scale of 8-bit state; CHUNK is a multiple of it.
 QBLOCK = 256
-
-# An 8-bit code's bits at the top of a float32's exponent and mantissa read as its value (at
-# scale 1) divided by this unit: int8 codes have 4 exponent bits, uint8 codes 5.
-SIGNED_UNIT, UNSIGNED_UNIT = 2.0**112, 2.0**96
 
 Rounded = namedtuple("Rounded", ["bits", "key", "offset", "shift", "stochastic"])
 Quantized = namedtuple("Quantized", ["codes", "scale", "key", "offset", "stochastic"])
@@ -152,49 +145,63 @@ def round_to_bfloat16(value, stochastic, bits):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def _decode_code(typingctx, code, unit):  # type: ignore[no-untyped-def]
-    """The value at scale 1 of an 8-bit float ``code`` (int8: its magnitude's two's complement;
-    uint8: its magnitude): the magnitude's bits at the top of a float32's exponent and
-    mantissa, with the sign, read as a float32 (whose subnormals are the code's), times
-    ``unit``. Selects, not branches, so that loops reading codes vectorize."""
+def _decode_code(typingctx, code, bias, subnormal_step):  # type: ignore[no-untyped-def]
+    """The float32 value of an 8-bit float ``code`` (int8: sign and magnitude; uint8:
+    magnitude) with exponent ``bias`` and subnormal step ``subnormal_step``: selects, not
+    branches, so that loops reading codes vectorize."""
     signed = code.signed
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         i32, f32 = ir.IntType(32), ir.FloatType()
-        twenty = ir.Constant(i32, 20)
+        extend = builder.sext if signed else builder.zext
+        value = extend(args[0], i32)
+        magnitude = value
+        sign = ir.Constant(i32, 0)
         if signed:
-            value = builder.sext(args[0], i32)
             negative = builder.icmp_signed("<", value, ir.Constant(i32, 0))
             magnitude = builder.select(negative, builder.neg(value), value)
             sign = builder.and_(value, ir.Constant(i32, -(1 << 31)))
-            bits = builder.or_(builder.shl(magnitude, twenty), sign)
-        else:
-            bits = builder.shl(builder.zext(args[0], i32), twenty)
-        return builder.fmul(builder.bitcast(bits, f32), builder.fptrunc(args[1], f32))
+        bias_value = builder.trunc(args[1], i32)
+        normal_bits = builder.shl(builder.add(magnitude, bias_value), ir.Constant(i32, 20))
+        normal = builder.bitcast(builder.or_(normal_bits, sign), f32)
+        step = builder.fptrunc(args[2], f32)
+        subnormal = builder.fmul(builder.sitofp(value, f32), step)
+        small = builder.icmp_signed("<", magnitude, ir.Constant(i32, 8))
+        return builder.select(small, subnormal, normal)
 
-    return types.float32(code, unit), codegen
+    return types.float32(code, bias, subnormal_step), codegen
 
 
 @intrinsic
-def _encode_magnitude(typingctx, y, inverse_unit, stochastic, bits):  # type: ignore[no-untyped-def]
-    """The 8-bit float code (int32) of float32 ``y`` in [0, 1.875]: the top bits of the
-    float32 ``y * inverse_unit`` (subnormal below the code's smallest normal, as in
-    ``_decode_code``) after adding 20 random ``bits`` (stochastic) or half of the dropped unit
-    (nearest) to the 20 dropped. In 32-bit arithmetic, which vectorizes."""
+def _encode_magnitude(typingctx, y, bias, subnormal_step, stochastic, bits):  # type: ignore[no-untyped-def]
+    """The 8-bit float code (int32) of float32 ``y`` in [0, 1.875] for the code with exponent
+    ``bias`` and subnormal step ``subnormal_step``, rounded to nearest or stochastically with
+    the random ``bits``; in 32-bit arithmetic, which vectorizes."""
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        value, inverse_unit, chance, random = args
+        value, bias_value, step, random, chance = args[0], args[1], args[2], args[4], args[3]
         i32, f32 = ir.IntType(32), ir.FloatType()
         value = builder.fptrunc(value, f32) if value.type != f32 else value
         random = builder.trunc(random, i32) if random.type.width > 32 else random
-        shifted = builder.fmul(value, builder.fptrunc(inverse_unit, f32))
+        bias_value = builder.trunc(bias_value, i32) if bias_value.type.width > 32 else bias_value
+        step = builder.fptrunc(step, f32) if step.type != f32 else step
+        # A subnormal code's value (below 8 steps) is lifted by 8 steps into the first normal
+        # range, where the step is the same; its code is then 8 more than the subnormal one.
+        lift = builder.fmul(step, ir.Constant(f32, 8.0))  # folded: step is a constant
+        small = builder.fcmp_ordered("<", value, lift)
+        lifted = builder.select(small, builder.fadd(value, lift), value)
+        # The code: the float's bits with the low 20 dropped, after adding 20 random bits
+        # (stochastic) or half of the dropped unit (nearest).
         rounding = builder.select(
             chance, builder.lshr(random, ir.Constant(i32, 12)), ir.Constant(i32, 1 << 19)
         )
-        rounded = builder.add(builder.bitcast(shifted, i32), rounding)
-        return builder.lshr(rounded, ir.Constant(i32, 20))
+        rounded = builder.lshr(
+            builder.add(builder.bitcast(lifted, i32), rounding), ir.Constant(i32, 20)
+        )
+        offset = builder.select(small, builder.add(bias_value, ir.Constant(i32, 8)), bias_value)
+        return builder.sub(rounded, offset)
 
-    return types.int32(y, inverse_unit, stochastic, bits), codegen
+    return types.int32(y, bias, subnormal_step, stochastic, bits), codegen
 
 
 @njit(inline="always")
@@ -214,8 +221,8 @@ def decode(code):  # type: ignore[no-untyped-def]
 @overload(decode, inline="always")
 def _decode(code):  # type: ignore[no-untyped-def]
     if code == types.uint8:
-        return lambda code: _decode_code(code, UNSIGNED_UNIT)
-    return lambda code: _decode_code(code, SIGNED_UNIT)
+        return lambda code: _decode_code(code, 768, 2.0**-33)
+    return lambda code: _decode_code(code, 896, 2.0**-17)
 
 
 def encode_code(y, codes, stochastic, bits):  # type: ignore[no-untyped-def]
@@ -226,11 +233,11 @@ def encode_code(y, codes, stochastic, bits):  # type: ignore[no-untyped-def]
 def _encode_code(y, codes, stochastic, bits):  # type: ignore[no-untyped-def]
     if codes.dtype == types.uint8:
         return lambda y, codes, stochastic, bits: np.uint8(
-            _encode_magnitude(y, 1.0 / UNSIGNED_UNIT, stochastic, bits)
+            _encode_magnitude(y, 768, 2.0**-33, stochastic, bits)
         )
 
     def signed(y, codes, stochastic, bits):  # type: ignore[no-untyped-def]
-        magnitude = _encode_magnitude(abs(y), 1.0 / SIGNED_UNIT, stochastic, bits)
+        magnitude = _encode_magnitude(abs(y), 896, 2.0**-17, stochastic, bits)
         return np.int8(-magnitude if y < 0 else magnitude)
 
     return signed
