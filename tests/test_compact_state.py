@@ -11,7 +11,10 @@ Bounds used here, and why:
 """
 
 import io
+import json
 import math
+import os
+import platform
 import subprocess
 import sys
 
@@ -22,7 +25,16 @@ from numba import njit
 from sklearn.datasets import load_digits
 
 import fastoptim
-from fastoptim.kernels.memory import QBLOCK, decode, dequantize, encode_code, random_bits
+from fastoptim.kernels.memory import (
+    QBLOCK,
+    _decode_code,
+    _decode_signed_as_float16,
+    decode,
+    dequantize,
+    encode_code,
+    float16_in_hardware,
+    random_bits,
+)
 from fastoptim.state import dequantize_like, state_nbytes
 
 NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "RMSprop"]
@@ -202,6 +214,60 @@ def test_8bit_codes_round_to_the_nearest_code(code_dtype) -> None:
         np.abs(values - values_of_codes[above - 1]), np.abs(values - values_of_codes[above])
     )
     assert (np.abs(decoded(codes) - values) <= nearest).all()
+
+
+@njit(cache=True)
+def _decode_both_ways(codes, by_float16, by_arithmetic):  # type: ignore[no-untyped-def]
+    for i in range(codes.size):
+        by_float16[i] = _decode_signed_as_float16(codes[i])
+        by_arithmetic[i] = _decode_code(codes[i], 896, 2.0**-17)
+
+
+def test_signed_codes_decode_alike_through_float16_and_arithmetic() -> None:
+    """The float16 decoder (used where the CPU converts float16 in hardware) and the integer
+    and float32 one give the same bits for all 256 codes."""
+    if not float16_in_hardware():
+        pytest.skip("this CPU has no float16 conversion instruction")
+    codes = np.arange(-128, 128).astype(np.int8)
+    by_float16, by_arithmetic = np.empty(256, np.float32), np.empty(256, np.float32)
+    _decode_both_ways(codes, by_float16, by_arithmetic)
+    assert np.array_equal(by_float16.view(np.uint32), by_arithmetic.view(np.uint32))
+    assert by_float16[128 + 1] == 2.0**-17 and by_float16[-1] == 1.875  # subnormal, largest
+
+
+DECODE_WITHOUT_FLOAT16_SCRIPT = """
+import numpy as np
+from fastoptim.kernels.memory import dequantize, float16_in_hardware
+assert not float16_in_hardware()
+codes = np.arange(-128, 128).astype(np.int8)
+values = np.empty(256, np.float32)
+dequantize(codes, np.ones(1, np.float32), values)
+print(values.view(np.uint32).tolist())
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86 CPU features")
+def test_8bit_state_decodes_on_a_cpu_without_float16_conversion(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Compiled for a baseline x86-64 CPU (no F16C), where a float16 conversion would need a
+    runtime function Numba does not link (the process would abort), the decoder takes the
+    integer path and gives the same values."""
+    environment = {
+        **os.environ,
+        "NUMBA_CPU_NAME": "x86-64",
+        "NUMBA_CPU_FEATURES": "",
+        "NUMBA_CACHE_DIR": str(tmp_path),
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", DECODE_WITHOUT_FLOAT16_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=True,
+    )
+    codes = np.arange(-128, 128).astype(np.int8)
+    values = np.empty(256, np.float32)
+    dequantize(codes, np.ones(1, np.float32), values)
+    assert json.loads(run.stdout) == values.view(np.uint32).tolist()
 
 
 @njit(cache=True)
