@@ -3,10 +3,13 @@
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 from fastoptim import bench, cli
 
@@ -17,6 +20,24 @@ def test_mixes_have_the_advertised_shape() -> None:
     assert 7.5e6 < sum(math.prod(shape) for shape in transformer) < 8.5e6
     small = [math.prod(shape) for shape in bench.many_small_mix()]
     assert len(small) == 400 and min(small) >= 64 and max(small) <= 16384
+
+
+def test_wide_gradients_span_six_more_decades_than_gaussian_ones() -> None:
+    shapes = [(1000, 100), (7,)]
+    gaussian, wide = bench.gradients(shapes, "gaussian"), bench.gradients(shapes, "wide")
+    again = bench.gradients(shapes, "gaussian")
+    assert all(torch.equal(a, b) for a, b in zip(gaussian, again, strict=True))  # seeded
+    # Each wide gradient is its Gaussian one times 10^u, u in [-3, 3].
+    exponents = (wide[0] / gaussian[0]).log10()
+    assert -3.001 < exponents.min() < -2.99 and 2.99 < exponents.max() < 3.001
+    assert [g.shape for g in wide] == [torch.Size(s) for s in shapes]
+
+
+def test_bandwidth_probe_adds_and_counts_its_bytes() -> None:
+    probe = bench.BandwidthProbe(1000)  # its first step compiles and runs
+    probe.step()
+    assert probe.bytes == 12_000
+    assert np.allclose(probe.a, 1 + 2e-6)
 
 
 def test_bench_writes_ratios_and_a_table(tmp_path, capsys) -> None:
@@ -37,7 +58,8 @@ def test_bench_writes_ratios_and_a_table(tmp_path, capsys) -> None:
         assert "fastoptim" in result["median_ms"] and "torch fused" in result["median_ms"]
     compact = {(r["optimizer"], r["state_dtype"]): r for r in report["compact_state"]}
     assert compact.keys() == {(n, d) for n in ("Adam", "SGD") for d in ("bfloat16", "int8")}
-    assert all(r["ratio_to_float32_state"] > 0 for r in compact.values())
+    for r in compact.values():
+        assert r["ratio_to_float32_state"] > 0 and r["ratio_to_float32_state_wide_gradients"] > 0
     # Bytes per parameter are counted from the state: SGD keeps one momentum buffer, Adam two
     # moments; at this scale most tensors are under 4096 elements and keep float32 state.
     assert compact["Adam", "bfloat16"]["state_bytes_per_parameter"] == 4.0
@@ -46,10 +68,13 @@ def test_bench_writes_ratios_and_a_table(tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "| many-small | Adam |" in printed and "| many-small | SGD |" in printed
     assert "| many-small | Adam | int8 |" in printed
-    # The bandwidth at the start and before the state timings, which depend on it.
-    assert report["compact_state_bandwidth_gb_per_s"] > 0
-    assert "Memory bandwidth (a += s * b, float32): " in printed
-    assert "Memory bandwidth before the state timings: " in printed
+    # The probe's bandwidth, timed between the steps, for each optimizer and overall.
+    rates = [r["bandwidth_gb_per_s"] for r in results + report["compact_state"]]
+    assert all(rate > 0 for rate in rates)
+    median = statistics.median(r["bandwidth_gb_per_s"] for r in results)
+    assert report["bandwidth_gb_per_s"] == pytest.approx(median)
+    assert "Memory bandwidth (a += s * b, float32, timed between the steps): " in printed
+    assert "Memory bandwidth during the state timings: " in printed
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,10 @@ For every optimizer and parameter mix, fastoptim's default step and each of torc
 modes (for-loop, foreach, and fused where torch has it) get their own copy of the parameters
 and are stepped in turn, repetition after repetition, so that machine noise hits all alike.
 Results are ratios of medians to torch's fastest mode, and each optimizer's fraction of the
-memory-bandwidth limit, measured in the same run by a read-modify-write probe (a += s * b).
-fastoptim's bfloat16 and 8-bit state (``state_dtype``) are timed against its float32 state
-the same way, with the bytes of state they keep per parameter.
+memory-bandwidth limit: a read-modify-write probe (a += s * b) takes its turn between the
+steps, and each step is compared with the probe's bandwidth of the same turn. fastoptim's
+bfloat16 and 8-bit state (``state_dtype``) are timed against its float32 state the same way,
+with Gaussian and with wide-range gradients, and the bytes of state they keep per parameter.
 """
 
 import json
@@ -69,16 +70,21 @@ def _read_modify_write(a, b, s):  # type: ignore[no-untyped-def]
         a[i] += s * b[i]
 
 
-def bandwidth(elements: int, repeats: int) -> float:
-    """Bytes per second of ``a += s * b`` over float32 arrays (12 bytes per element)."""
-    a, b = np.ones(elements, np.float32), np.ones(elements, np.float32)
-    _read_modify_write(a, b, np.float32(1e-6))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _read_modify_write(a, b, np.float32(1e-6))
-        times.append(time.perf_counter() - start)
-    return 12 * elements / statistics.median(times)
+class BandwidthProbe:
+    """``a += s * b`` over float32 arrays (12 bytes per element): timed between the steps as
+    one more contender, so that each step is compared with the bandwidth of its moment."""
+
+    def __init__(self, elements: int) -> None:
+        self.a = np.ones(elements, np.float32)
+        self.b = np.ones(elements, np.float32)
+        self.bytes = 12 * elements
+        self.step()  # compilation
+
+    def step(self) -> None:
+        _read_modify_write(self.a, self.b, np.float32(1e-6))
+
+
+PROBE = "bandwidth probe"
 
 
 def candidates(name: str) -> dict[str, tuple[Any, dict[str, Any]]]:
@@ -102,13 +108,13 @@ class Result:
     torch_best_mode: str
     ratio_to_torch_best: float
     fastoptim_bandwidth_fraction: float
+    bandwidth_gb_per_s: float
     median_ms: dict[str, float]
 
 
-def interleaved_step_times(
-    optimizers: dict[str, torch.optim.Optimizer], repeats: int
-) -> dict[str, list[float]]:
-    """Seconds of each optimizer's ``step()``, ``repeats`` times, taking turns."""
+def interleaved_step_times(optimizers: dict[str, Any], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each optimizer's (or the probe's) ``step()``, ``repeats`` times, taking
+    turns."""
     times: dict[str, list[float]] = {label: [] for label in optimizers}
     for _ in range(repeats):
         for label, optimizer in optimizers.items():
@@ -119,9 +125,10 @@ def interleaved_step_times(
 
 
 def bench_optimizer(
-    name: str, mix: str, shapes: list[tuple[int, ...]], repeats: int, bytes_per_second: float
+    name: str, mix: str, shapes: list[tuple[int, ...]], repeats: int, probe: BandwidthProbe
 ) -> Result:
-    """Interleaved median step times of every candidate on ``shapes``."""
+    """Interleaved median step times of every candidate on ``shapes``, and fastoptim's
+    fraction of the bandwidth limit against the probe's bandwidth in the same turn."""
     generator = torch.Generator().manual_seed(0)
     start = [torch.randn(shape, generator=generator) for shape in shapes]
     grads = [torch.randn(shape, generator=generator) * 1e-3 for shape in shapes]
@@ -133,12 +140,15 @@ def bench_optimizer(
             param.grad = grad.clone()
         optimizers[label] = cls(params, **options, **mode)
         optimizers[label].step()  # warm-up: compilation, state creation
-    times = interleaved_step_times(optimizers, repeats)
+    times = interleaved_step_times({**optimizers, PROBE: probe}, repeats)
+    probe_times = times.pop(PROBE)
     medians = {label: statistics.median(values) for label, values in times.items()}
     best = min((label for label in medians if label != "fastoptim"), key=medians.__getitem__)
     ratios = [ours / theirs for ours, theirs in zip(times["fastoptim"], times[best], strict=True)]
     elements = sum(p.numel() for p in start)
-    limit = element_bytes * 4 * elements / bytes_per_second
+    # The least time the step's bytes take at the probe's bandwidth of the same turn.
+    limits = [element_bytes * 4 * elements * t / probe.bytes for t in probe_times]
+    fractions = [limit / t for limit, t in zip(limits, times["fastoptim"], strict=True)]
     return Result(
         mix=mix,
         optimizer=name,
@@ -146,7 +156,8 @@ def bench_optimizer(
         tensors=len(start),
         torch_best_mode=best,
         ratio_to_torch_best=statistics.median(ratios),
-        fastoptim_bandwidth_fraction=limit / medians["fastoptim"],
+        fastoptim_bandwidth_fraction=statistics.median(fractions),
+        bandwidth_gb_per_s=probe.bytes / statistics.median(probe_times) / 1e9,
         median_ms={label: 1e3 * value for label, value in medians.items()},
     )
 
@@ -158,41 +169,65 @@ class CompactResult:
     state_dtype: str
     state_bytes_per_parameter: float
     ratio_to_float32_state: float
+    ratio_to_float32_state_wide_gradients: float
+    bandwidth_gb_per_s: float
 
 
 COMPACT_STATE = {"bfloat16": torch.bfloat16, "int8": "int8"}
+GRADIENTS = ("gaussian", "wide")
+
+
+def gradients(shapes: list[tuple[int, ...]], kind: str) -> list[torch.Tensor]:
+    """Seeded gradients: ``gaussian`` (randn x 1e-3), or ``wide``: each of those times 10^u,
+    u uniform in [-3, 3], so magnitudes within a tensor span 6 decades more, as in real models
+    (a slow path that depends on the data, such as subnormal arithmetic, shows there)."""
+    generator = torch.Generator().manual_seed(1)
+    grads = [torch.randn(shape, generator=generator) * 1e-3 for shape in shapes]
+    if kind == "wide":
+        for grad in grads:
+            grad *= 10.0 ** (6 * torch.rand(grad.shape, generator=generator) - 3)
+    return grads
 
 
 def bench_compact_state(
-    name: str, mix: str, shapes: list[tuple[int, ...]], repeats: int
+    name: str, mix: str, shapes: list[tuple[int, ...]], repeats: int, probe: BandwidthProbe
 ) -> list[CompactResult]:
-    """fastoptim with bfloat16 and 8-bit state against its float32 state, interleaved: step
-    time ratios, and state bytes per parameter counted from the state tensors."""
+    """fastoptim with bfloat16 and 8-bit state against its float32 state, interleaved, with
+    Gaussian and with wide-range gradients: step time ratios, and state bytes per parameter
+    counted from the state tensors."""
     generator = torch.Generator().manual_seed(0)
     start = [torch.randn(shape, generator=generator) for shape in shapes]
-    grads = [torch.randn(shape, generator=generator) * 1e-3 for shape in shapes]
     options, _ = SETTINGS[name]
     optimizers = {}
-    for label, state_dtype in {"float32": None, **COMPACT_STATE}.items():
-        params = [p.clone().requires_grad_() for p in start]
-        for param, grad in zip(params, grads, strict=True):
-            param.grad = grad.clone()
-        optimizers[label] = getattr(fastoptim, name)(params, **options, state_dtype=state_dtype)
-        optimizers[label].step()
-    times = interleaved_step_times(optimizers, repeats)
+    for kind in GRADIENTS:
+        grads = gradients(shapes, kind)
+        for label, state_dtype in {"float32": None, **COMPACT_STATE}.items():
+            params = [p.clone().requires_grad_() for p in start]
+            for param, grad in zip(params, grads, strict=True):
+                param.grad = grad.clone()
+            optimizer = getattr(fastoptim, name)(params, **options, state_dtype=state_dtype)
+            optimizer.step()
+            optimizers[f"{label}, {kind}"] = optimizer
+    times = interleaved_step_times({**optimizers, PROBE: probe}, repeats)
     elements = sum(p.numel() for p in start)
+
+    def ratio(label: str, kind: str) -> float:
+        pairs = zip(times[f"{label}, {kind}"], times[f"float32, {kind}"], strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
     results = []
     for label in COMPACT_STATE:
-        state = optimizers[label].state.values()
+        state = optimizers[f"{label}, gaussian"].state.values()
         tensors = [value for s in state for key, value in s.items() if key != "step"]
-        ratios = [a / b for a, b in zip(times[label], times["float32"], strict=True)]
         results.append(
             CompactResult(
                 mix=mix,
                 optimizer=name,
                 state_dtype=label,
                 state_bytes_per_parameter=state_nbytes(tensors) / elements,
-                ratio_to_float32_state=statistics.median(ratios),
+                ratio_to_float32_state=ratio(label, "gaussian"),
+                ratio_to_float32_state_wide_gradients=ratio(label, "wide"),
+                bandwidth_gb_per_s=probe.bytes / statistics.median(times[PROBE]) / 1e9,
             )
         )
     return results
@@ -201,13 +236,14 @@ def bench_compact_state(
 def compact_table(results: list[CompactResult]) -> str:
     """Compact-state results as a Markdown table."""
     lines = [
-        "| mix | optimizer | state | state bytes per parameter | step time / float32 state |",
-        "|---|---|---|---|---|",
+        "| mix | optimizer | state | state bytes per parameter | step time / float32 state "
+        "| same, gradients over 6 more decades |",
+        "|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.mix} | {r.optimizer} | {r.state_dtype} | {r.state_bytes_per_parameter:.2f} "
-            f"| {r.ratio_to_float32_state:.2f}x |"
+            f"| {r.ratio_to_float32_state:.2f}x | {r.ratio_to_float32_state_wide_gradients:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -242,6 +278,12 @@ def first_step_seconds() -> tuple[float, float]:
     return times[0], statistics.median(times[1:])
 
 
+def bandwidth_range(results: list[Result] | list[CompactResult]) -> str:
+    """The probe's bandwidth over ``results``: the median and range of their medians."""
+    rates = [r.bandwidth_gb_per_s for r in results]
+    return f"{statistics.median(rates):.1f} GB/s ({min(rates):.1f}-{max(rates):.1f})"
+
+
 def table(results: list[Result]) -> str:
     """The results as a Markdown table of ratios and bandwidth fractions."""
     lines = [
@@ -269,43 +311,40 @@ def run(
     """Run the benchmark, print its table and return (and optionally write) the JSON report."""
     shapes = {mix: MIXES[mix](scale) for mix in mixes}
     largest = max(sum(math.prod(s) for s in mix_shapes) for mix_shapes in shapes.values())
-    bytes_per_second = bandwidth(max(largest, 1 << 24), repeats)
+    probe = BandwidthProbe(max(largest, 1 << 24))
     results = []
     for mix in mixes:
         for name in optimizers:
-            result = bench_optimizer(name, mix, shapes[mix], repeats, bytes_per_second)
+            result = bench_optimizer(name, mix, shapes[mix], repeats, probe)
             results.append(result)
             print(
                 f"{mix:12} {name:9} {result.ratio_to_torch_best:5.2f}x of {result.torch_best_mode}",
                 flush=True,
             )
     compact: list[CompactResult] = []
-    compact_bandwidth = None
     if compact_state:
-        # The compact steps are bound by arithmetic, float32 by memory: their ratio depends on
-        # the bandwidth at the time, which on a shared machine moves with other tenants.
-        compact_bandwidth = bandwidth(max(largest, 1 << 24), repeats)
         mix = "transformer" if "transformer" in mixes else mixes[0]
         for name in optimizers:
-            compact += bench_compact_state(name, mix, shapes[mix], repeats)
+            compact += bench_compact_state(name, mix, shapes[mix], repeats, probe)
             print(f"{mix:12} {name:9} compact state measured", flush=True)
     report: dict[str, Any] = {
         "command": " ".join(["fastoptim", "bench", *sys.argv[2:]]),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "bandwidth_gb_per_s": bytes_per_second / 1e9,
+        "bandwidth_gb_per_s": statistics.median(r.bandwidth_gb_per_s for r in results),
         "results": [asdict(result) for result in results],
         "compact_state": [asdict(result) for result in compact],
     }
-    if compact_bandwidth is not None:
-        report["compact_state_bandwidth_gb_per_s"] = compact_bandwidth / 1e9
     if first_step:
         cold, warm = first_step_seconds()
         report["first_step_seconds"] = {"cold_cache": cold, "warm_cache": warm}
-    print(f"\nMemory bandwidth (a += s * b, float32): {bytes_per_second / 1e9:.1f} GB/s\n")
+    probe = "a += s * b, float32, timed between the steps"
+    print(f"\nMemory bandwidth ({probe}): {bandwidth_range(results)}\n")
     print(table(results))
-    if compact_bandwidth is not None:
-        print(f"\nMemory bandwidth before the state timings: {compact_bandwidth / 1e9:.1f} GB/s\n")
+    if compact:
+        # The compact steps are bound by arithmetic and memory, float32 by memory: their ratio
+        # depends on the bandwidth at the time, which on a shared machine moves.
+        print(f"\nMemory bandwidth during the state timings: {bandwidth_range(compact)}\n")
         print(compact_table(compact))
     if first_step:
         print(f"\nFirst Adam step in a new process: {cold:.2f} s cold cache, {warm:.2f} s warm")
