@@ -338,8 +338,8 @@ def run(
     if first_step:
         cold, warm = first_step_seconds()
         report["first_step_seconds"] = {"cold_cache": cold, "warm_cache": warm}
-    probe = "a += s * b, float32, timed between the steps"
-    print(f"\nMemory bandwidth ({probe}): {bandwidth_range(results)}\n")
+    method = "a += s * b, float32, timed between the steps"
+    print(f"\nMemory bandwidth ({method}): {bandwidth_range(results)}\n")
     print(table(results))
     if compact:
         # The compact steps are bound by arithmetic and memory, float32 by memory: their ratio
