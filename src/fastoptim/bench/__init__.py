@@ -13,6 +13,7 @@ with Gaussian and with wide-range gradients, and the bytes of state they keep pe
 import json
 import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -114,12 +115,20 @@ class Result:
 
 def interleaved_step_times(optimizers: dict[str, Any], repeats: int) -> dict[str, list[float]]:
     """Seconds of each optimizer's (or the probe's) ``step()``, ``repeats`` times, taking
-    turns."""
-    times: dict[str, list[float]] = {label: [] for label in optimizers}
+    turns in a new (seeded) order every turn: a step's time depends on what ran before it
+    (the probe's follower, for one, writes back the probe's dirty cache lines), so no
+    contender may always follow the same one, nor itself."""
+    order = list(optimizers)
+    shuffle = random.Random(0).shuffle
+    times: dict[str, list[float]] = {label: [] for label in order}
     for _ in range(repeats):
-        for label, optimizer in optimizers.items():
+        last = order[-1]
+        shuffle(order)
+        if order[0] == last:
+            order.append(order.pop(0))
+        for label in order:
             begin = time.perf_counter()
-            optimizer.step()
+            optimizers[label].step()
             times[label].append(time.perf_counter() - begin)
     return times
 
