@@ -68,6 +68,7 @@ def test_bandwidth_probe_adds_and_counts_its_bytes() -> None:
     probe.step()
     assert probe.bytes == 12_000
     assert np.allclose(probe.a, 1 + 2e-6)
+    assert probe.gb_per_s([2.0, 1e-6, 0.5]) == pytest.approx(12_000 / 0.5 / 1e9)  # median
 
 
 def test_bench_writes_ratios_and_a_table(tmp_path, capsys) -> None:

@@ -264,10 +264,8 @@ def test_8bit_state_decodes_on_a_cpu_without_float16_conversion(tmp_path) -> Non
         env=environment,
         check=True,
     )
-    codes = np.arange(-128, 128).astype(np.int8)
-    values = np.empty(256, np.float32)
-    dequantize(codes, np.ones(1, np.float32), values)
-    assert json.loads(run.stdout) == values.view(np.uint32).tolist()
+    in_process = decoded(np.arange(-128, 128).astype(np.int8))
+    assert json.loads(run.stdout) == in_process.view(np.uint32).tolist()
 
 
 @njit(cache=True)

@@ -65,6 +65,18 @@ def many_small_mix(scale: float = 1.0) -> list[tuple[int, ...]]:
 MIXES = {"transformer": transformer_mix, "many-small": many_small_mix}
 
 
+def gradients(shapes: list[tuple[int, ...]], kind: str) -> list[torch.Tensor]:
+    """Seeded gradients: ``gaussian`` (randn x 1e-3), or ``wide``: each of those times 10^u,
+    u uniform in [-3, 3], so magnitudes within a tensor span 6 decades more, as in real models
+    (a slow path that depends on the data, such as subnormal arithmetic, shows there)."""
+    generator = torch.Generator().manual_seed(1)
+    grads = [torch.randn(shape, generator=generator) * 1e-3 for shape in shapes]
+    if kind == "wide":
+        for grad in grads:
+            grad *= 10.0 ** (6 * torch.rand(grad.shape, generator=generator) - 3)
+    return grads
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _read_modify_write(a, b, s):  # type: ignore[no-untyped-def]
     for i in prange(a.size):
@@ -83,6 +95,10 @@ class BandwidthProbe:
 
     def step(self) -> None:
         _read_modify_write(self.a, self.b, np.float32(1e-6))
+
+    def gb_per_s(self, times: list[float]) -> float:
+        """The bandwidth at the median of the probe's step ``times``."""
+        return self.bytes / statistics.median(times) / 1e9
 
 
 PROBE = "bandwidth probe"
@@ -140,7 +156,7 @@ def bench_optimizer(
     fraction of the bandwidth limit against the probe's bandwidth in the same turn."""
     generator = torch.Generator().manual_seed(0)
     start = [torch.randn(shape, generator=generator) for shape in shapes]
-    grads = [torch.randn(shape, generator=generator) * 1e-3 for shape in shapes]
+    grads = gradients(shapes, "gaussian")
     options, element_bytes = SETTINGS[name]
     optimizers = {}
     for label, (cls, mode) in candidates(name).items():
@@ -155,9 +171,11 @@ def bench_optimizer(
     best = min((label for label in medians if label != "fastoptim"), key=medians.__getitem__)
     ratios = [ours / theirs for ours, theirs in zip(times["fastoptim"], times[best], strict=True)]
     elements = sum(p.numel() for p in start)
-    # The least time the step's bytes take at the probe's bandwidth of the same turn.
-    limits = [element_bytes * 4 * elements * t / probe.bytes for t in probe_times]
-    fractions = [limit / t for limit, t in zip(limits, times["fastoptim"], strict=True)]
+    # The least time the step's bytes take at the probe's bandwidth of the same turn, over
+    # the step's time.
+    step_bytes = element_bytes * 4 * elements
+    pairs = zip(probe_times, times["fastoptim"], strict=True)
+    fractions = [step_bytes * probe_time / probe.bytes / t for probe_time, t in pairs]
     return Result(
         mix=mix,
         optimizer=name,
@@ -166,7 +184,7 @@ def bench_optimizer(
         torch_best_mode=best,
         ratio_to_torch_best=statistics.median(ratios),
         fastoptim_bandwidth_fraction=statistics.median(fractions),
-        bandwidth_gb_per_s=probe.bytes / statistics.median(probe_times) / 1e9,
+        bandwidth_gb_per_s=probe.gb_per_s(probe_times),
         median_ms={label: 1e3 * value for label, value in medians.items()},
     )
 
@@ -184,18 +202,6 @@ class CompactResult:
 
 COMPACT_STATE = {"bfloat16": torch.bfloat16, "int8": "int8"}
 GRADIENTS = ("gaussian", "wide")
-
-
-def gradients(shapes: list[tuple[int, ...]], kind: str) -> list[torch.Tensor]:
-    """Seeded gradients: ``gaussian`` (randn x 1e-3), or ``wide``: each of those times 10^u,
-    u uniform in [-3, 3], so magnitudes within a tensor span 6 decades more, as in real models
-    (a slow path that depends on the data, such as subnormal arithmetic, shows there)."""
-    generator = torch.Generator().manual_seed(1)
-    grads = [torch.randn(shape, generator=generator) * 1e-3 for shape in shapes]
-    if kind == "wide":
-        for grad in grads:
-            grad *= 10.0 ** (6 * torch.rand(grad.shape, generator=generator) - 3)
-    return grads
 
 
 def bench_compact_state(
@@ -236,7 +242,7 @@ def bench_compact_state(
                 state_bytes_per_parameter=state_nbytes(tensors) / elements,
                 ratio_to_float32_state=ratio(label, "gaussian"),
                 ratio_to_float32_state_wide_gradients=ratio(label, "wide"),
-                bandwidth_gb_per_s=probe.bytes / statistics.median(times[PROBE]) / 1e9,
+                bandwidth_gb_per_s=probe.gb_per_s(times[PROBE]),
             )
         )
     return results
