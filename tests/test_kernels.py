@@ -12,6 +12,8 @@ quotient. Each is a rounding of the last bit or two of one operation.
 """
 
 import multiprocessing
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -392,6 +394,28 @@ def test_two_python_threads_step_two_optimizers_at_once() -> None:
         thread.join()
     for seed in (1, 2):
         assert all(torch.equal(a, b) for a, b in zip(results[seed], expected[seed], strict=True))
+
+
+THREAD_COUNT_SCRIPT = """
+import torch
+torch.set_num_threads(1)
+import numba
+import fastoptim
+param = torch.zeros(8, requires_grad=True)
+param.grad = torch.ones(8)
+fastoptim.Adam([param], fused=True).step()  # the first kernel starts Numba's thread pool
+print(torch.get_num_threads(), numba.get_num_threads())
+"""
+
+
+def test_the_first_kernel_keeps_torchs_thread_count() -> None:
+    """Numba's OpenMP pool, started by the first kernel, would reset the thread count torch
+    shares with it: a user's ``torch.set_num_threads(1)`` holds for torch and the kernels. In
+    a new process, since the pool starts once per process."""
+    run = subprocess.run(
+        [sys.executable, "-c", THREAD_COUNT_SCRIPT], capture_output=True, text=True, check=True
+    )
+    assert run.stdout.split() == ["1", "1"]
 
 
 def train_in_child(name: str) -> list[torch.Tensor]:

@@ -152,10 +152,17 @@ KERNEL_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def kernel_turn() -> Iterator[None]:
-    """This Python thread's turn to run kernels, on as many threads as torch uses."""
+    """This Python thread's turn to run kernels, on as many threads as torch uses. Numba's
+    OpenMP pool, started by the first kernel, resets the thread count that torch shares with
+    it (``torch.set_num_threads(1)`` would become 2): the user's count is put back."""
     with KERNEL_LOCK:
-        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        yield
+        threads = torch.get_num_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
 
 
 def scalar_dtype() -> torch.dtype:
