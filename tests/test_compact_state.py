@@ -102,6 +102,33 @@ def test_float64_parameters_take_compact_state(state_dtype) -> None:
         assert (a - b).abs().max().item() < 1e-3
 
 
+@pytest.mark.parametrize("state_dtype", COMPACT, ids=["bf16", "int8"])
+def test_complex_parameters_keep_state_in_their_own_dtype(state_dtype) -> None:
+    """Compact state is for real parameters: a complex one (here next to a real one) keeps
+    its buffers in its own dtype and steps as with ``state_dtype=None``."""
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(5000, dtype=torch.complex64, generator=generator)
+    twins = [values.clone().requires_grad_() for _ in range(2)]
+    real = torch.randn(5000, requires_grad=True)
+    compact = fastoptim.Adam([twins[0], real], state_dtype=state_dtype)
+    default = fastoptim.Adam([twins[1]])
+    for _ in range(3):
+        grad = torch.randn(5000, dtype=torch.complex64, generator=generator)
+        twins[0].grad, twins[1].grad = grad.clone(), grad.clone()
+        real.grad = torch.randn(5000, generator=generator)
+        compact.step()
+        default.step()
+    assert {k: v.dtype for k, v in compact.state[twins[0]].items()} == {
+        "step": torch.float32,
+        "exp_avg": torch.complex64,
+        "exp_avg_sq": torch.complex64,
+    }
+    real_state = compact.state[real]
+    compact_buffer = real_state.get("exp_avg", real_state.get("exp_avg_codes"))
+    assert compact_buffer.dtype == (torch.int8 if state_dtype == "int8" else torch.bfloat16)
+    assert torch.equal(twins[0], twins[1])
+
+
 def state_bytes_per_parameter(optimizer: torch.optim.Optimizer) -> float:
     tensors = [v for s in optimizer.state.values() for k, v in s.items() if k != "step"]
     numel = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
