@@ -71,6 +71,27 @@ def test_bandwidth_probe_adds_and_counts_its_bytes() -> None:
     assert probe.gb_per_s([2.0, 1e-6, 0.5]) == pytest.approx(12_000 / 0.5 / 1e9)  # median
 
 
+PROBE_THREADS = """
+import torch
+torch.set_num_threads(1)
+import numba
+from fastoptim import bench
+probe = bench.BandwidthProbe(1000)  # its first step starts Numba's thread pool
+probe.step()
+print(torch.get_num_threads(), numba.get_num_threads())
+"""
+
+
+def test_bandwidth_probe_keeps_torchs_thread_count_and_uses_it() -> None:
+    """Numba's thread pool, started by the probe's first step, would reset the thread count
+    torch shares with it; the probe leaves it as the user set it, and runs on that many. In a
+    new process, since the pool starts once per process."""
+    run = subprocess.run(
+        [sys.executable, "-c", PROBE_THREADS], capture_output=True, text=True, check=True
+    )
+    assert run.stdout.split() == ["1", "1"]
+
+
 def test_bench_writes_ratios_and_a_table(tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"
     argv = ["bench", "--optimizers", "adam,SGD", "--mix", "many-small", "--scale", "0.02"]

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 from numba import njit, prange
@@ -85,15 +86,19 @@ def _read_modify_write(a, b, s):  # type: ignore[no-untyped-def]
 
 class BandwidthProbe:
     """``a += s * b`` over float32 arrays (12 bytes per element): timed between the steps as
-    one more contender, so that each step is compared with the bandwidth of its moment."""
+    one more contender, so that each step is compared with the bandwidth of its moment. It
+    runs on as many threads as torch uses, as the kernels do."""
 
     def __init__(self, elements: int) -> None:
         self.a = np.ones(elements, np.float32)
         self.b = np.ones(elements, np.float32)
         self.bytes = 12 * elements
-        self.step()  # compilation
+        threads = torch.get_num_threads()
+        self.step()  # compiles, and may start Numba's thread pool, which resets torch's count
+        torch.set_num_threads(threads)
 
     def step(self) -> None:
+        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
         _read_modify_write(self.a, self.b, np.float32(1e-6))
 
     def gb_per_s(self, times: list[float]) -> float:
