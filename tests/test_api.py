@@ -158,6 +158,34 @@ def test_capturable_on_cpu_raises_like_torch(name: str) -> None:
     assert (type(actual), str(actual)) == (type(expected), str(expected))
 
 
+def test_adadeltas_capturable_refusal_names_xla_where_torchs_does_not() -> None:
+    """As the README says: one list of device types for all (torch's for-loop Adam's)."""
+    results = []
+    for cls in ours_and_torch("Adadelta"):
+        param = torch.zeros(3, requires_grad=True)
+        param.grad = torch.ones(3)
+        results.append(raised_by(cls([param], capturable=True).step))
+    actual, expected = results
+    assert type(actual) is type(expected) is AssertionError
+    assert str(actual) == str(expected).replace("'privateuseone']", "'privateuseone', 'xla']")
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "RMSprop"])
+def test_foreach_with_differentiable_steps_where_torchs_foreach_refuses(name: str) -> None:
+    """As the README says: on the CPU ``foreach=True`` picks no other implementation."""
+    ours, theirs = ours_and_torch(name)
+    leaf = torch.randn(4, requires_grad=True)
+    params = []
+    for _ in range(2):
+        param = leaf * 1.0  # not a leaf: a differentiable step may update it in place
+        param.grad = torch.ones(4)
+        params.append(param)
+    ours([params[0]], foreach=True, differentiable=True).step()
+    assert params[0].grad_fn is not None and not torch.equal(params[0], leaf)
+    refusal = raised_by(theirs([params[1]], foreach=True, differentiable=True).step)
+    assert (type(refusal), str(refusal)) == (AssertionError, "_foreach ops don't support autograd")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_step_returns_the_closure_loss_and_updates_like_torch(name: str) -> None:
     ours, theirs = make_pair(name, RICH_OPTIONS[name], torch.float32)
