@@ -83,9 +83,9 @@ print(torch.get_num_threads(), numba.get_num_threads())
 
 
 def test_bandwidth_probe_keeps_torchs_thread_count_and_uses_it() -> None:
-    """Numba's thread pool, started by the probe's first step, would reset the thread count
-    torch shares with it; the probe leaves it as the user set it, and runs on that many. In a
-    new process, since the pool starts once per process."""
+    """The probe runs as the kernels do: Numba's thread pool, started by its first step,
+    leaves torch's thread count as the user set it, and the probe runs on that many. In a new
+    process, since the pool starts once per process."""
     run = subprocess.run(
         [sys.executable, "-c", PROBE_THREADS], capture_output=True, text=True, check=True
     )

@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
 import fastoptim
+from fastoptim.optimizer import kernel_turn
 from fastoptim.state import state_nbytes
 
 # Options benchmarked per optimizer, and the bytes each moves per parameter element in
@@ -87,19 +87,17 @@ def _read_modify_write(a, b, s):  # type: ignore[no-untyped-def]
 class BandwidthProbe:
     """``a += s * b`` over float32 arrays (12 bytes per element): timed between the steps as
     one more contender, so that each step is compared with the bandwidth of its moment. It
-    runs on as many threads as torch uses, as the kernels do."""
+    runs as the kernels do (``kernel_turn``): on as many threads as torch uses."""
 
     def __init__(self, elements: int) -> None:
         self.a = np.ones(elements, np.float32)
         self.b = np.ones(elements, np.float32)
         self.bytes = 12 * elements
-        threads = torch.get_num_threads()
-        self.step()  # compiles, and may start Numba's thread pool, which resets torch's count
-        torch.set_num_threads(threads)
+        self.step()  # compilation
 
     def step(self) -> None:
-        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        _read_modify_write(self.a, self.b, np.float32(1e-6))
+        with kernel_turn():
+            _read_modify_write(self.a, self.b, np.float32(1e-6))
 
     def gb_per_s(self, times: list[float]) -> float:
         """The bandwidth at the median of the probe's step ``times``."""
