@@ -18,8 +18,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import fastoptim
+from fastoptim import catalog
 
-NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "RMSprop"]
+NAMES = catalog.NAMES
 
 # Options per optimizer: lrs of a sensible size, and the state-carrying options on.
 OPTIONS: dict[str, dict[str, Any]] = {

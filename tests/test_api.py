@@ -10,9 +10,10 @@ import torch
 from _parity import assert_same_state, leaf_copies, make_pair, step_pair
 
 import fastoptim
+from fastoptim import catalog
 
-NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "RMSprop"]
-WITHOUT_TORCH_FUSED = ["Adadelta", "Adamax", "RMSprop"]
+NAMES = catalog.NAMES
+WITHOUT_TORCH_FUSED = [entry.name for entry in catalog.OPTIMIZERS if not entry.torch_fused]
 
 # One rich option set per optimizer, used where a single configuration suffices.
 RICH_OPTIONS: dict[str, dict[str, Any]] = {

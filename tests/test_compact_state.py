@@ -25,6 +25,7 @@ from numba import njit
 from sklearn.datasets import load_digits
 
 import fastoptim
+from fastoptim import catalog
 from fastoptim.kernels.memory import (
     QBLOCK,
     _decode_code,
@@ -37,7 +38,7 @@ from fastoptim.kernels.memory import (
 )
 from fastoptim.state import dequantize_like, state_nbytes
 
-NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "RMSprop"]
+NAMES = catalog.NAMES
 OPTIONS = {
     "SGD": {"lr": 0.01, "momentum": 0.9},
     "Adam": {"lr": 1e-3, "amsgrad": True},

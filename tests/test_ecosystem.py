@@ -17,8 +17,9 @@ from torch import nn
 from torch.optim import lr_scheduler, swa_utils
 
 import fastoptim
+from fastoptim import catalog
 
-NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "RMSprop"]
+NAMES = catalog.NAMES
 OPTIONS: dict[str, dict[str, Any]] = {
     "SGD": {"lr": 0.05, "momentum": 0.9},
     "Adam": {"lr": 0.01},

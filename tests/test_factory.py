@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 import fastoptim
+from fastoptim import catalog
 
-NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "RMSprop"]
+NAMES = catalog.NAMES
 
 
 class Net(nn.Module):

@@ -39,3 +39,11 @@ def test_readme_images_exist() -> None:
     assert images
     for image in images:
         assert (README.parent / image).is_file(), image
+
+
+def test_optimizer_table_lists_the_catalog() -> None:
+    from fastoptim import catalog
+
+    section = README.read_text().split("## The optimizers", 1)[1].split("\n#", 1)[0]
+    listed = re.findall(r"^\| `(\w+)\(params", section, re.MULTILINE)
+    assert listed == catalog.NAMES

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fastoptim
+from fastoptim import catalog
 from fastoptim.optimizer import NonFiniteGradientError
 
-NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "RMSprop"]
+NAMES = catalog.NAMES
 STATEFUL: dict[str, dict[str, Any]] = {
     "SGD": {"lr": 0.1, "momentum": 0.9},
     "Adam": {"lr": 0.01},

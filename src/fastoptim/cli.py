@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser = commands.add_parser(
         "demo",
         help="tutorial, comparison on every problem, LR range tests, report",
-        description="Run the tutorial's examples, compare the seven optimizers on every "
+        description="Run the tutorial's examples, compare every optimizer on every "
         "built-in problem at a learning rate swept for each, run LR range tests, and write "
         "report.html, the plots, results.json and results.csv (1-1.5 minutes on 2 cores "
         "once the kernels are compiled).",
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--optimizers",
         type=choices(OPTIMIZERS),
         default=OPTIMIZERS,
-        help="comma-separated optimizers, case-insensitive (default: all seven)",
+        help="comma-separated optimizers, case-insensitive (default: all)",
     )
     compare_parser.add_argument(
         "--steps", type=positive(int), help="training steps (default: the problem's budget)"
@@ -170,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     find_parser.add_argument("--problem", required=True, help=PROBLEM_HELP)
     find_parser.add_argument(
-        "--optimizer", type=choices(OPTIMIZERS), required=True, help="one of the seven"
+        "--optimizer",
+        type=choices(OPTIMIZERS),
+        required=True,
+        help=f"one of {', '.join(OPTIMIZERS)}",
     )
     find_parser.add_argument(
         "--steps", type=positive(int), default=100, help="steps of the test (default 100)"
@@ -194,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--optimizers",
         type=choices(OPTIMIZERS),
         default=OPTIMIZERS,
-        help="comma-separated optimizers (default: all seven)",
+        help="comma-separated optimizers (default: all)",
     )
     bench_parser.add_argument(
         "--mix",

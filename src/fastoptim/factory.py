@@ -1,6 +1,6 @@
 """``create_optimizer``: an optimizer by name, with the parameter groups people otherwise write
 by hand (no weight decay on biases and normalization weights, layer-wise lr decay), and the
-registry of the seven optimizers and their defaults."""
+registry of the optimizers and their defaults."""
 
 import fnmatch
 import inspect
@@ -9,18 +9,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from fastoptim.algorithms.adadelta import Adadelta
-from fastoptim.algorithms.adagrad import Adagrad
-from fastoptim.algorithms.adam import Adam
-from fastoptim.algorithms.adamax import Adamax
-from fastoptim.algorithms.adamw import AdamW
-from fastoptim.algorithms.rmsprop import RMSprop
-from fastoptim.algorithms.sgd import SGD
+from fastoptim.catalog import OPTIMIZERS, info
 from fastoptim.optimizer import BaseOptimizer
-
-OPTIMIZERS: dict[str, type[BaseOptimizer]] = {
-    cls.__name__.lower(): cls for cls in (SGD, Adam, AdamW, Adagrad, Adadelta, Adamax, RMSprop)
-}
 
 # Parameters that get no weight decay by default: biases and normalization weights, which are
 # the one-dimensional parameters (and anything named like a bias).
@@ -35,18 +25,14 @@ def registry() -> dict[str, dict[str, Any]]:
             for name, parameter in inspect.signature(cls).parameters.items()
             if name != "params"
         }
-        for cls in OPTIMIZERS.values()
+        for cls in (entry.cls for entry in OPTIMIZERS)
     }
 
 
 def optimizer_class(name: str) -> type[BaseOptimizer]:
     """The optimizer class called ``name`` (case-insensitive); ``ValueError`` listing the
     valid names otherwise."""
-    cls = OPTIMIZERS.get(name.lower()) if isinstance(name, str) else None
-    if cls is None:
-        valid = ", ".join(cls.__name__ for cls in OPTIMIZERS.values())
-        raise ValueError(f"unknown optimizer {name!r}: choose from {valid}")
-    return cls
+    return info(name).cls
 
 
 def named_parameters(model_or_params: Any) -> list[tuple[str, Tensor]]:

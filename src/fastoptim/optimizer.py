@@ -433,7 +433,7 @@ def check_kernel_for_state(options: dict[str, Any]) -> None:
 
 
 class BaseOptimizer(torch.optim.Optimizer):
-    """Param groups, lazy state and ``step()`` shared by the seven optimizers.
+    """Param groups, lazy state and ``step()`` shared by every optimizer.
 
     ``step()`` checks every group before it updates any, so a rejected step changes nothing.
     """
@@ -443,6 +443,9 @@ class BaseOptimizer(torch.optim.Optimizer):
 
     #: GradScaler hands over ``grad_scale`` and ``found_inf`` instead of unscaling (see step).
     _step_supports_amp_scaling = True
+
+    #: The named memory rows of the optimizer's fused kernel (fastoptim.kernels.memory).
+    kernel_rows: ClassVar[Any] = None
 
     #: The state buffers ``state_dtype`` applies to, and those of them that are never negative
     #: (kept as unsigned 8-bit codes).
@@ -766,13 +769,17 @@ class BaseOptimizer(torch.optim.Optimizer):
             data_keys = [key + CODES if q else key for key, q in zip(keys, quantized, strict=True)]
             scale_keys = [key + ABSMAX for key, q in zip(keys, quantized, strict=True) if q]
             state_tensors = [[state[key] for state in states] for key in data_keys + scale_keys]
-            rows = [batch.params, [p.grad for p in batch.params], *state_tensors[: len(keys)]]
-            addresses = np.stack([addresses_of(row) for row in rows])
+            # Each tensor's addresses go in the kernel's row of its name; unused rows stay 0.
+            rows = self.kernel_rows
+            addresses = np.zeros((len(rows), len(batch.params)), np.int64)
+            addresses[rows.param] = addresses_of(batch.params)
+            addresses[rows.grad] = addresses_of([p.grad for p in batch.params])
             scales = np.zeros_like(addresses)
             scale_rows = iter(state_tensors[len(keys) :])
-            for row, q in enumerate(quantized, start=2):
+            for key, q, row in zip(keys, quantized, state_tensors, strict=False):
+                addresses[getattr(rows, key)] = addresses_of(row)
                 if q:
-                    scales[row] = addresses_of(next(scale_rows))
+                    scales[getattr(rows, key)] = addresses_of(next(scale_rows))
             sizes = np.array([local(p).numel() for p in batch.params], np.int64)
             if batch.dtype.is_complex:
                 sizes *= 2
@@ -831,11 +838,16 @@ class BaseOptimizer(torch.optim.Optimizer):
             self._torch_step(group, [params[i] for i in elsewhere], [grads[i] for i in elsewhere])
 
     def _state_of(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        """The state of ``param``, created on first use (in the group's state format)."""
-        state = self.state[param]
-        if not state:
-            self._init_state(param, group, state)
+        """The state of ``param``, created on first use (in the group's state format); no
+        entry in ``self.state`` when the optimizer keeps nothing for it, as torch.optim."""
+        state = self.state.get(param)
+        if state:
+            return state
+        state = {}
+        self._init_state(param, group, state)
+        if state:  # an optimizer with no state for it (SGD without momentum) keeps no entry
             self._convert_state(param, group, state)
+            self.state[param] = state
         return state
 
     def _convert_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:

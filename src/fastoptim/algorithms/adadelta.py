@@ -34,6 +34,7 @@ class Adadelta(BaseOptimizer):
 
     sparse_grad_error = "Adadelta does not support sparse gradients"
 
+    kernel_rows = adadelta_kernel.rows
     state_buffers = ("square_avg", "acc_delta")
     non_negative_state = frozenset(("square_avg", "acc_delta"))
 

@@ -32,6 +32,7 @@ class Adagrad(BaseOptimizer):
     in the constructor, and the constructor's ``initial_accumulator_value`` is the one used.
     """
 
+    kernel_rows = adagrad_kernel.rows
     state_buffers = ("sum",)
     non_negative_state = frozenset(("sum",))
 

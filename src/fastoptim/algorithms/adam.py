@@ -31,6 +31,7 @@ class Adam(BaseOptimizer):
 
     sparse_grad_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
 
+    kernel_rows = adam_kernel.rows
     state_buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     non_negative_state = frozenset(("exp_avg_sq", "max_exp_avg_sq"))
 

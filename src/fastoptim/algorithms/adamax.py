@@ -33,6 +33,7 @@ class Adamax(BaseOptimizer):
 
     sparse_grad_error = "Adamax does not support sparse gradients"
 
+    kernel_rows = adamax_kernel.rows
     state_buffers = ("exp_avg", "exp_inf")
     non_negative_state = frozenset(("exp_inf",))
 

@@ -35,6 +35,7 @@ class RMSprop(BaseOptimizer):
 
     sparse_grad_error = "RMSprop does not support sparse gradients"
 
+    kernel_rows = rmsprop_kernel.rows
     state_buffers = ("square_avg", "momentum_buffer", "grad_avg")
     non_negative_state = frozenset(("square_avg",))
 

@@ -31,6 +31,7 @@ class SGD(BaseOptimizer):
     The momentum buffer ``b`` exists only when ``momentum != 0``; SGD keeps no ``step``.
     """
 
+    kernel_rows = sgd_kernel.rows
     state_buffers = ("momentum_buffer",)
 
     def __init__(
@@ -100,7 +101,7 @@ class SGD(BaseOptimizer):
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         with_momentum = group["momentum"] != 0
-        buffers = [self.state[p].get("momentum_buffer") if with_momentum else None for p in params]
+        buffers = [self.state.get(p, {}).get("momentum_buffer") for p in params]
         torch_sgd(
             params,
             grads,

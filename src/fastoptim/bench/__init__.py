@@ -28,21 +28,16 @@ import torch
 from numba import njit, prange
 
 import fastoptim
+from fastoptim.catalog import OPTIMIZERS
 from fastoptim.optimizer import kernel_turn
 from fastoptim.state import state_nbytes
 
 # Options benchmarked per optimizer, and the bytes each moves per parameter element in
-# units of the element size: reads + writes of param, grad and state.
+# units of the element size: reads + writes of param, grad and state (fastoptim.catalog).
 SETTINGS: dict[str, tuple[dict[str, Any], int]] = {
-    "SGD": ({"lr": 0.01, "momentum": 0.9}, 5),
-    "Adam": ({"lr": 1e-3}, 7),
-    "AdamW": ({"lr": 1e-3}, 7),
-    "Adagrad": ({"lr": 0.01}, 5),
-    "Adadelta": ({"lr": 1.0}, 7),
-    "Adamax": ({"lr": 2e-3}, 7),
-    "RMSprop": ({"lr": 0.01}, 5),
+    entry.name: (entry.bench_options, entry.bytes_per_element) for entry in OPTIMIZERS
 }
-TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}
+TORCH_FUSED = {entry.name for entry in OPTIMIZERS if entry.torch_fused}
 
 
 def transformer_mix(scale: float = 1.0) -> list[tuple[int, ...]]:

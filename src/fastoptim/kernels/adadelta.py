@@ -11,6 +11,7 @@ from fastoptim.kernels.memory import (
     finish,
     kernel,
     load,
+    memory_rows,
     open_buffer,
     open_sink,
     put,
@@ -19,19 +20,21 @@ from fastoptim.kernels.memory import (
     view,
 )
 
+ROW = memory_rows("step", "square_avg", "acc_delta")
 
-@kernel
+
+@kernel(ROW)
 def adadelta_kernel(  # type: ignore[no-untyped-def]
     memory, sizes, marker, state_marker, step_marker, lr, rho, eps, weight_decay, grad_factor
 ):
     """Adadelta over the tensors whose addresses are the columns of ``memory[0]``.
 
-    Rows: param, grad, step, square_avg, acc_delta. ``grad_factor``: -1 for maximize, times
+    Rows: ``ROW``. ``grad_factor``: -1 for maximize, times
     1/grad_scale.
     """
     addresses = memory[0]
     for tensor in range(sizes.shape[0]):
-        view(addresses[2, tensor], 1, step_marker)[0] += 1
+        view(addresses[ROW.step, tensor], 1, step_marker)[0] += 1
 
     factor = compute(grad_factor, marker)
     l2 = weight_decay != 0.0
@@ -44,16 +47,16 @@ def adadelta_kernel(  # type: ignore[no-untyped-def]
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        scratch = scratch_for(marker, state_marker)
+        scratch = scratch_for(state_marker, ROW)
         for first in range(start, stop, block):
             last = min(first + block, stop)
-            param = open_buffer(memory, 0, tensor, first, last, marker)
-            new_param = open_sink(param, scratch[0])
-            grad = view(addresses[1, tensor], last, marker)[first:last]
-            square_avg = open_buffer(memory, 3, tensor, first, last, square)
-            new_square_avg = open_sink(square_avg, scratch[1])
-            acc_delta = open_buffer(memory, 4, tensor, first, last, square)
-            new_acc_delta = open_sink(acc_delta, scratch[2])
+            param = open_buffer(memory, ROW.param, tensor, first, last, marker)
+            new_param = open_sink(param, scratch[ROW.param])
+            grad = view(addresses[ROW.grad, tensor], last, marker)[first:last]
+            square_avg = open_buffer(memory, ROW.square_avg, tensor, first, last, square)
+            new_square_avg = open_sink(square_avg, scratch[ROW.square_avg])
+            acc_delta = open_buffer(memory, ROW.acc_delta, tensor, first, last, square)
+            new_acc_delta = open_sink(acc_delta, scratch[ROW.acc_delta])
             for i in range(last - first):
                 p, g = decayed_grad(param, grad, i, factor, l2, decay)
                 v = load(square_avg, i) * keep + weight * g * g

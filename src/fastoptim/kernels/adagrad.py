@@ -11,6 +11,7 @@ from fastoptim.kernels.memory import (
     finish,
     kernel,
     load,
+    memory_rows,
     open_buffer,
     open_sink,
     put,
@@ -19,20 +20,22 @@ from fastoptim.kernels.memory import (
     view,
 )
 
+ROW = memory_rows("step", "sum")
 
-@kernel
+
+@kernel(ROW)
 def adagrad_kernel(  # type: ignore[no-untyped-def]
     memory, sizes, marker, state_marker, step_marker, lr, lr_decay, weight_decay, eps, grad_factor
 ):
     """Adagrad over the tensors whose addresses are the columns of ``memory[0]``.
 
-    Rows: param, grad, step, sum. ``grad_factor``: -1 for maximize, times 1/grad_scale.
+    Rows: ``ROW``. ``grad_factor``: -1 for maximize, times 1/grad_scale.
     """
     addresses = memory[0]
     count = sizes.shape[0]
     neg_clrs = np.empty(count)
     for tensor in range(count):
-        step = view(addresses[2, tensor], 1, step_marker)
+        step = view(addresses[ROW.step, tensor], 1, step_marker)
         step[0] += 1
         neg_clrs[tensor] = -(lr / (1.0 + (np.float64(step[0]) - 1.0) * lr_decay))
 
@@ -45,15 +48,15 @@ def adagrad_kernel(  # type: ignore[no-untyped-def]
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        scratch = scratch_for(marker, state_marker)
+        scratch = scratch_for(state_marker, ROW)
         neg_clr = compute(neg_clrs[tensor], marker)
         for first in range(start, stop, block):
             last = min(first + block, stop)
-            param = open_buffer(memory, 0, tensor, first, last, marker)
-            new_param = open_sink(param, scratch[0])
-            grad = view(addresses[1, tensor], last, marker)[first:last]
-            total = open_buffer(memory, 3, tensor, first, last, square)
-            new_total = open_sink(total, scratch[1])
+            param = open_buffer(memory, ROW.param, tensor, first, last, marker)
+            new_param = open_sink(param, scratch[ROW.param])
+            grad = view(addresses[ROW.grad, tensor], last, marker)[first:last]
+            total = open_buffer(memory, ROW.sum, tensor, first, last, square)
+            new_total = open_sink(total, scratch[ROW.sum])
             for i in range(last - first):
                 p, g = decayed_grad(param, grad, i, factor, l2, decay)
                 s = load(total, i) + g * g

@@ -1,5 +1,7 @@
 """Fused Adam/AdamW kernel: one pass over param, grad and moments for every tensor of a group."""
 
+from collections import namedtuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -12,6 +14,7 @@ from fastoptim.kernels.memory import (
     lerp,
     load,
     maximum,
+    memory_rows,
     open_buffer,
     open_sink,
     put,
@@ -20,19 +23,24 @@ from fastoptim.kernels.memory import (
     view,
 )
 
+ROW = memory_rows("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+# The per-call constants of the element loop, in the compute type.
+Constants = namedtuple(
+    "Constants", ["factor", "shrink", "l2", "decay", "weight1", "keep1", "keep2", "weight2"]
+)
+
 
 @njit(inline="always")
 def moments(param, grad, exp_avg, exp_avg_sq, i, c):  # type: ignore[no-untyped-def]
-    """Element ``i``'s (decayed param, new exp_avg, new exp_avg_sq).
-
-    ``c``: (grad factor, decoupled shrink, L2 on, L2 decay, 1 - b1, b1, b2, 1 - b2).
-    """
-    factor, shrink, l2, decay, weight1, keep1, keep2, weight2 = c
-    g = load(grad, i) * factor
-    p = load(param, i) * shrink
-    g = g + decay * p if l2 else g
-    m = lerp(load(exp_avg, i), g, weight1, keep1)
-    v = load(exp_avg_sq, i) * keep2 + weight2 * g * g
+    """Element ``i``'s (decayed param, new exp_avg, new exp_avg_sq) with Constants ``c``:
+    g = factor * grad (+ decay * p with L2), p = shrink * p (decoupled decay),
+    m = lerp(m, g, 1 - b1), v = b2 * v + (1 - b2) * g^2."""
+    g = load(grad, i) * c.factor
+    p = load(param, i) * c.shrink
+    g = g + c.decay * p if c.l2 else g
+    m = lerp(load(exp_avg, i), g, c.weight1, c.keep1)
+    v = load(exp_avg_sq, i) * c.keep2 + c.weight2 * g * g
     return p, m, v
 
 
@@ -43,7 +51,7 @@ def stepped(p, m, v, neg_step_size, inverse_correction2, epsilon):  # type: igno
     return p + neg_step_size * m / (np.sqrt(v) * inverse_correction2 + epsilon)
 
 
-@kernel
+@kernel(ROW)
 def adam_kernel(  # type: ignore[no-untyped-def]
     memory,
     sizes,
@@ -61,7 +69,7 @@ def adam_kernel(  # type: ignore[no-untyped-def]
 ):
     """Adam over the tensors whose addresses are the columns of ``memory[0]``.
 
-    Rows: param, grad, step, exp_avg, exp_avg_sq, and max_exp_avg_sq with amsgrad.
+    Rows: ``ROW`` (max_exp_avg_sq only with amsgrad).
     ``grad_factor`` multiplies every gradient: -1 for maximize, times 1/grad_scale.
     """
     addresses = memory[0]
@@ -69,13 +77,13 @@ def adam_kernel(  # type: ignore[no-untyped-def]
     step_sizes = np.empty(count)
     inverse_correction2s = np.empty(count)
     for tensor in range(count):
-        step = view(addresses[2, tensor], 1, step_marker)
+        step = view(addresses[ROW.step, tensor], 1, step_marker)
         step[0] += 1
         t = np.float64(step[0])
         step_sizes[tensor] = lr / (1.0 - beta1**t)
         inverse_correction2s[tensor] = (1.0 - beta2**t) ** -0.5
 
-    c = (
+    c = Constants(
         compute(grad_factor, marker),
         compute(1.0 - lr * weight_decay if decoupled_weight_decay else 1.0, marker),
         weight_decay != 0.0 and not decoupled_weight_decay,
@@ -91,21 +99,23 @@ def adam_kernel(  # type: ignore[no-untyped-def]
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        scratch = scratch_for(marker, state_marker)
+        scratch = scratch_for(state_marker, ROW)
         neg_step_size = compute(-step_sizes[tensor], marker)
         inverse_correction2 = compute(inverse_correction2s[tensor], marker)
         for first in range(start, stop, block):
             last = min(first + block, stop)
-            param = open_buffer(memory, 0, tensor, first, last, marker)
-            new_param = open_sink(param, scratch[0])
-            grad = view(addresses[1, tensor], last, marker)[first:last]
-            exp_avg = open_buffer(memory, 3, tensor, first, last, state_marker)
-            new_exp_avg = open_sink(exp_avg, scratch[1])
-            exp_avg_sq = open_buffer(memory, 4, tensor, first, last, square)
-            new_exp_avg_sq = open_sink(exp_avg_sq, scratch[2])
+            param = open_buffer(memory, ROW.param, tensor, first, last, marker)
+            new_param = open_sink(param, scratch[ROW.param])
+            grad = view(addresses[ROW.grad, tensor], last, marker)[first:last]
+            exp_avg = open_buffer(memory, ROW.exp_avg, tensor, first, last, state_marker)
+            new_exp_avg = open_sink(exp_avg, scratch[ROW.exp_avg])
+            exp_avg_sq = open_buffer(memory, ROW.exp_avg_sq, tensor, first, last, square)
+            new_exp_avg_sq = open_sink(exp_avg_sq, scratch[ROW.exp_avg_sq])
             if amsgrad:
-                max_exp_avg_sq = open_buffer(memory, 5, tensor, first, last, square)
-                new_max = open_sink(max_exp_avg_sq, scratch[3])
+                max_exp_avg_sq = open_buffer(
+                    memory, ROW.max_exp_avg_sq, tensor, first, last, square
+                )
+                new_max = open_sink(max_exp_avg_sq, scratch[ROW.max_exp_avg_sq])
                 for i in range(last - first):
                     p, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
                     put(new_exp_avg, i, m, exp_avg)

@@ -13,6 +13,7 @@ from fastoptim.kernels.memory import (
     lerp,
     load,
     maximum,
+    memory_rows,
     open_buffer,
     open_sink,
     put,
@@ -21,8 +22,10 @@ from fastoptim.kernels.memory import (
     view,
 )
 
+ROW = memory_rows("step", "exp_avg", "exp_inf")
 
-@kernel
+
+@kernel(ROW)
 def adamax_kernel(  # type: ignore[no-untyped-def]
     memory,
     sizes,
@@ -38,14 +41,14 @@ def adamax_kernel(  # type: ignore[no-untyped-def]
 ):
     """Adamax over the tensors whose addresses are the columns of ``memory[0]``.
 
-    Rows: param, grad, step, exp_avg, exp_inf. ``grad_factor``: -1 for maximize, times
+    Rows: ``ROW``. ``grad_factor``: -1 for maximize, times
     1/grad_scale.
     """
     addresses = memory[0]
     count = sizes.shape[0]
     neg_clrs = np.empty(count)
     for tensor in range(count):
-        step = view(addresses[2, tensor], 1, step_marker)
+        step = view(addresses[ROW.step, tensor], 1, step_marker)
         step[0] += 1
         neg_clrs[tensor] = -(lr / (1.0 - beta1 ** np.float64(step[0])))
 
@@ -60,17 +63,17 @@ def adamax_kernel(  # type: ignore[no-untyped-def]
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        scratch = scratch_for(marker, state_marker)
+        scratch = scratch_for(state_marker, ROW)
         neg_clr = compute(neg_clrs[tensor], marker)
         for first in range(start, stop, block):
             last = min(first + block, stop)
-            param = open_buffer(memory, 0, tensor, first, last, marker)
-            new_param = open_sink(param, scratch[0])
-            grad = view(addresses[1, tensor], last, marker)[first:last]
-            exp_avg = open_buffer(memory, 3, tensor, first, last, state_marker)
-            new_exp_avg = open_sink(exp_avg, scratch[1])
-            exp_inf = open_buffer(memory, 4, tensor, first, last, square)
-            new_exp_inf = open_sink(exp_inf, scratch[2])
+            param = open_buffer(memory, ROW.param, tensor, first, last, marker)
+            new_param = open_sink(param, scratch[ROW.param])
+            grad = view(addresses[ROW.grad, tensor], last, marker)[first:last]
+            exp_avg = open_buffer(memory, ROW.exp_avg, tensor, first, last, state_marker)
+            new_exp_avg = open_sink(exp_avg, scratch[ROW.exp_avg])
+            exp_inf = open_buffer(memory, ROW.exp_inf, tensor, first, last, square)
+            new_exp_inf = open_sink(exp_inf, scratch[ROW.exp_inf])
             for i in range(last - first):
                 p, g = decayed_grad(param, grad, i, factor, l2, decay)
                 m = lerp(load(exp_avg, i), g, weight1, keep1)

@@ -5,7 +5,7 @@ from numba import prange
 from fastoptim.kernels.memory import chunks_of, kernel, load, view
 
 
-@kernel
+@kernel()
 def count_nonfinite(addresses, sizes, marker):  # type: ignore[no-untyped-def]
     """The number of NaN or infinite elements in the tensors at ``addresses`` (``sizes``
     elements each, storage type ``marker``): one vectorized, multi-threaded read."""

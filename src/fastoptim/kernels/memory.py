@@ -345,16 +345,16 @@ def _put(sink, index, value, source):  # type: ignore[no-untyped-def]
     return plain
 
 
-def scratch_for(marker, state_marker):  # type: ignore[no-untyped-def]
-    """Four float32 sinks of QBLOCK values for a kernel row with 8-bit state; a token array
-    otherwise."""
+def scratch_for(state_marker, rows):  # type: ignore[no-untyped-def]
+    """One float32 sink of QBLOCK values per memory row of ``rows`` (index it by row name)
+    for a kernel with 8-bit state; a token array otherwise."""
 
 
 @overload(scratch_for, inline="always")
-def _scratch_for(marker, state_marker):  # type: ignore[no-untyped-def]
+def _scratch_for(state_marker, rows):  # type: ignore[no-untyped-def]
     if state_marker.dtype == types.int8:
-        return lambda marker, state_marker: np.empty((4, QBLOCK), np.float32)
-    return lambda marker, state_marker: np.empty((4, 0), np.float32)
+        return lambda state_marker, rows: np.empty((len(rows), QBLOCK), np.float32)
+    return lambda state_marker, rows: np.empty((len(rows), 0), np.float32)
 
 
 def unsigned(marker):  # type: ignore[no-untyped-def]
@@ -506,13 +506,22 @@ def _mark_forked() -> None:
 os.register_at_fork(after_in_child=_mark_forked)
 
 
+def memory_rows(*state: str) -> Any:
+    """The rows of a kernel's ``memory`` by name: ``param`` (0), ``grad`` (1), then the
+    ``state`` tensors in order. A kernel reads ``ROW.exp_avg`` (a compile-time constant);
+    the optimizer lays each state tensor's addresses out in the row of its name."""
+    return namedtuple("Rows", ["param", "grad", *state])(*range(2 + len(state)))
+
+
 class Kernel:
     """A kernel compiled twice: parallel (Numba's default threading layer, which shares
     torch's OpenMP threads where it can) and serial. A forked child (such as a DataLoader
-    worker) runs the serial one, since an OpenMP pool does not survive a fork."""
+    worker) runs the serial one, since an OpenMP pool does not survive a fork. ``rows``
+    names its memory rows (:func:`memory_rows`); it is called with keyword arguments."""
 
-    def __init__(self, function: Callable[..., Any]) -> None:
+    def __init__(self, function: Callable[..., Any], rows: Any) -> None:
         options = {"cache": True, "nogil": True, "error_model": "numpy", "fastmath": {"contract"}}
+        self.rows = rows
         self.parallel = njit(parallel=True, **options)(function)
         serial = pytypes.FunctionType(
             function.__code__, function.__globals__, function.__name__ + "_serial"
@@ -520,13 +529,13 @@ class Kernel:
         serial.__qualname__ = function.__qualname__ + "_serial"  # its own cache entry
         self.serial = njit(**options)(serial)
 
-    def __call__(self, *args: Any) -> Any:
-        return (self.serial if _forked else self.parallel)(*args)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return (self.serial if _forked else self.parallel)(*args, **kwargs)
 
 
-def kernel(function: Callable[..., Any]) -> Kernel:
-    """Decorator: compile ``function`` as a :class:`Kernel`."""
-    return Kernel(function)
+def kernel(rows: Any = None) -> Callable[[Callable[..., Any]], Kernel]:
+    """Decorator: compile a function as a :class:`Kernel` over the memory ``rows``."""
+    return lambda function: Kernel(function, rows)
 
 
 @njit(cache=True)

@@ -1,5 +1,7 @@
 """Fused RMSprop kernel: one pass over param, grad and averages for every tensor of a group."""
 
+from collections import namedtuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -12,6 +14,7 @@ from fastoptim.kernels.memory import (
     kernel,
     lerp,
     load,
+    memory_rows,
     open_buffer,
     open_sink,
     put,
@@ -20,27 +23,29 @@ from fastoptim.kernels.memory import (
     view,
 )
 
+ROW = memory_rows("step", "square_avg", "momentum_buffer", "grad_avg")
+
+# The per-call constants of the element loop, in the compute type (keep = alpha).
+Constants = namedtuple("Constants", ["factor", "l2", "decay", "keep", "weight", "epsilon"])
+
 
 @njit(inline="always")
 def grad_and_square_avg(param, grad, square_avg, i, c):  # type: ignore[no-untyped-def]
-    """Element ``i``'s gradient (with L2 decay) and its new square average.
-
-    ``c``: (grad factor, L2 on, L2 decay, alpha, 1 - alpha, eps).
-    """
-    factor, l2, decay, keep, weight, _ = c
-    _, g = decayed_grad(param, grad, i, factor, l2, decay)
-    return g, load(square_avg, i) * keep + weight * g * g
+    """Element ``i``'s gradient g (with L2 decay) and its new square average
+    alpha * v + (1 - alpha) * g^2, with Constants ``c``."""
+    _, g = decayed_grad(param, grad, i, c.factor, c.l2, c.decay)
+    return g, load(square_avg, i) * c.keep + c.weight * g * g
 
 
 @njit(inline="always")
 def centered_stats(grad_avg, i, g, v, c):  # type: ignore[no-untyped-def]
-    """Element ``i``'s new gradient average and sqrt(v - gbar^2) + eps."""
-    _, _, _, keep, weight, epsilon = c
-    gbar = lerp(load(grad_avg, i), g, weight, keep)
-    return gbar, np.sqrt(v - gbar * gbar) + epsilon
+    """Element ``i``'s new gradient average gbar = lerp(gbar, g, 1 - alpha) and
+    sqrt(v - gbar^2) + eps."""
+    gbar = lerp(load(grad_avg, i), g, c.weight, c.keep)
+    return gbar, np.sqrt(v - gbar * gbar) + c.epsilon
 
 
-@kernel
+@kernel(ROW)
 def rmsprop_kernel(  # type: ignore[no-untyped-def]
     memory,
     sizes,
@@ -57,14 +62,14 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
 ):
     """RMSprop over the tensors whose addresses are the columns of ``memory[0]``.
 
-    Rows: param, grad, step, square_avg, then momentum_buffer when ``momentum > 0`` and
-    grad_avg when ``centered``. ``grad_factor``: -1 for maximize, times 1/grad_scale.
+    Rows: ``ROW`` (momentum_buffer only when ``momentum > 0``, grad_avg only when
+    ``centered``). ``grad_factor``: -1 for maximize, times 1/grad_scale.
     """
     addresses = memory[0]
     for tensor in range(sizes.shape[0]):
-        view(addresses[2, tensor], 1, step_marker)[0] += 1
+        view(addresses[ROW.step, tensor], 1, step_marker)[0] += 1
 
-    c = (
+    c = Constants(
         compute(grad_factor, marker),
         weight_decay != 0.0,
         compute(weight_decay, marker),
@@ -75,26 +80,25 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
     epsilon = compute(eps, marker)
     neg_lr, mu = compute(-lr, marker), compute(momentum, marker)
     with_momentum = momentum > 0.0
-    grad_avg_row = 5 if with_momentum else 4
     square = unsigned(state_marker)
     block = block_size(marker, state_marker)
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        scratch = scratch_for(marker, state_marker)
+        scratch = scratch_for(state_marker, ROW)
         for first in range(start, stop, block):
             last = min(first + block, stop)
-            param = open_buffer(memory, 0, tensor, first, last, marker)
-            new_param = open_sink(param, scratch[0])
-            grad = view(addresses[1, tensor], last, marker)[first:last]
-            square_avg = open_buffer(memory, 3, tensor, first, last, square)
-            new_square_avg = open_sink(square_avg, scratch[1])
+            param = open_buffer(memory, ROW.param, tensor, first, last, marker)
+            new_param = open_sink(param, scratch[ROW.param])
+            grad = view(addresses[ROW.grad, tensor], last, marker)[first:last]
+            square_avg = open_buffer(memory, ROW.square_avg, tensor, first, last, square)
+            new_square_avg = open_sink(square_avg, scratch[ROW.square_avg])
             # Four loops: a buffer used conditionally inside one loop stops vectorization.
             if with_momentum and centered:
-                buffer = open_buffer(memory, 4, tensor, first, last, state_marker)
-                new_buffer = open_sink(buffer, scratch[2])
-                grad_avg = open_buffer(memory, grad_avg_row, tensor, first, last, state_marker)
-                new_grad_avg = open_sink(grad_avg, scratch[3])
+                buffer = open_buffer(memory, ROW.momentum_buffer, tensor, first, last, state_marker)
+                new_buffer = open_sink(buffer, scratch[ROW.momentum_buffer])
+                grad_avg = open_buffer(memory, ROW.grad_avg, tensor, first, last, state_marker)
+                new_grad_avg = open_sink(grad_avg, scratch[ROW.grad_avg])
                 for i in range(last - first):
                     g, v = grad_and_square_avg(param, grad, square_avg, i, c)
                     gbar, avg = centered_stats(grad_avg, i, g, v, c)
@@ -106,8 +110,8 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
                 finish(buffer, new_buffer)
                 finish(grad_avg, new_grad_avg)
             elif with_momentum:
-                buffer = open_buffer(memory, 4, tensor, first, last, state_marker)
-                new_buffer = open_sink(buffer, scratch[2])
+                buffer = open_buffer(memory, ROW.momentum_buffer, tensor, first, last, state_marker)
+                new_buffer = open_sink(buffer, scratch[ROW.momentum_buffer])
                 for i in range(last - first):
                     g, v = grad_and_square_avg(param, grad, square_avg, i, c)
                     b = load(buffer, i) * mu + g / (np.sqrt(v) + epsilon)
@@ -116,8 +120,8 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
                     put(new_param, i, load(param, i) + neg_lr * b, param)
                 finish(buffer, new_buffer)
             elif centered:
-                grad_avg = open_buffer(memory, grad_avg_row, tensor, first, last, state_marker)
-                new_grad_avg = open_sink(grad_avg, scratch[2])
+                grad_avg = open_buffer(memory, ROW.grad_avg, tensor, first, last, state_marker)
+                new_grad_avg = open_sink(grad_avg, scratch[ROW.grad_avg])
                 for i in range(last - first):
                     g, v = grad_and_square_avg(param, grad, square_avg, i, c)
                     gbar, avg = centered_stats(grad_avg, i, g, v, c)

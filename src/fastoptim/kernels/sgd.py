@@ -10,6 +10,7 @@ from fastoptim.kernels.memory import (
     finish,
     kernel,
     load,
+    memory_rows,
     open_buffer,
     open_sink,
     put,
@@ -17,8 +18,10 @@ from fastoptim.kernels.memory import (
     view,
 )
 
+ROW = memory_rows("momentum_buffer")
 
-@kernel
+
+@kernel(ROW)
 def sgd_kernel(  # type: ignore[no-untyped-def]
     memory,
     sizes,
@@ -34,7 +37,7 @@ def sgd_kernel(  # type: ignore[no-untyped-def]
 ):
     """SGD over the tensors whose addresses are the columns of ``memory[0]``.
 
-    Rows: param, grad, and momentum_buffer when ``momentum != 0``; ``fresh[t]`` marks a buffer
+    Rows: ``ROW`` (momentum_buffer only when ``momentum != 0``); ``fresh[t]`` marks a buffer
     that starts as the gradient. ``grad_factor``: -1 for maximize, times 1/grad_scale.
     """
     addresses = memory[0]
@@ -48,19 +51,19 @@ def sgd_kernel(  # type: ignore[no-untyped-def]
     rows = chunks_of(sizes)
     for row in prange(rows.shape[0]):
         tensor, start, stop = rows[row, 0], rows[row, 1], rows[row, 2]
-        scratch = scratch_for(marker, state_marker)
+        scratch = scratch_for(state_marker, ROW)
         for first in range(start, stop, block):
             last = min(first + block, stop)
-            param = open_buffer(memory, 0, tensor, first, last, marker)
-            new_param = open_sink(param, scratch[0])
-            grad = view(addresses[1, tensor], last, marker)[first:last]
+            param = open_buffer(memory, ROW.param, tensor, first, last, marker)
+            new_param = open_sink(param, scratch[ROW.param])
+            grad = view(addresses[ROW.grad, tensor], last, marker)[first:last]
             if momentum == 0.0:
                 for i in range(last - first):
                     p, g = decayed_grad(param, grad, i, factor, l2, decay)
                     put(new_param, i, p + neg_lr * g, param)
             else:
-                buffer = open_buffer(memory, 2, tensor, first, last, state_marker)
-                new_buffer = open_sink(buffer, scratch[1])
+                buffer = open_buffer(memory, ROW.momentum_buffer, tensor, first, last, state_marker)
+                new_buffer = open_sink(buffer, scratch[ROW.momentum_buffer])
                 keep = compute(0.0, marker) if fresh[tensor] else mu
                 weight = compute(1.0, marker) if fresh[tensor] else undamped
                 for i in range(last - first):

@@ -1,4 +1,4 @@
-"""The optimizer lab: compare fastoptim's seven optimizers on real problems, find learning
+"""The optimizer lab: compare fastoptim's optimizers on real problems, find learning
 rates, and write a report with plots. Uses only fastoptim's public API.
 
     from fastoptim import lab

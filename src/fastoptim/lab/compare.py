@@ -11,9 +11,11 @@ from typing import Any
 import torch
 
 import fastoptim
+from fastoptim.catalog import NAMES
 from fastoptim.lab.problems import Problem, Task, load_problem
 
-OPTIMIZERS = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "RMSprop"]
+# The optimizers a comparison runs by default: all of fastoptim's (fastoptim.catalog).
+OPTIMIZERS = NAMES
 
 # The learning rates `lr="auto"` tries: half decades from 1e-4 to about 30.
 SWEEP_LRS = [10 ** (k / 2 - 4) for k in range(12)]

@@ -1,4 +1,4 @@
-"""``fastoptim demo``: the tutorial's examples, a comparison of the seven optimizers on every
+"""``fastoptim demo``: the tutorial's examples, a comparison of every optimizer on every
 built-in problem at learning rates chosen for each, LR range tests, and the report."""
 
 from collections.abc import Sequence
@@ -43,7 +43,7 @@ def demo(
     seed: int = 0,
     progress: ProgressCallback | None = None,
 ) -> Demo:
-    """Run the tutorial, compare all seven optimizers (``lr="auto"``) on ``problems`` with
+    """Run the tutorial, compare every optimizer (``lr="auto"``) on ``problems`` with
     each problem's step budget times ``scale`` (at least 10 steps), run LR range tests on
     the linear regression, and write the report to ``out``. 1-1.5 minutes on 2 cores with
     the kernels compiled."""
