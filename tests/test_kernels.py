@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from test_parity import CASES, OPTION_GRIDS
 
 import fastoptim
+from fastoptim import catalog
 
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.complex64: 1e-5, torch.complex128: 1e-12}
 NAMES = list(OPTION_GRIDS)
@@ -459,3 +460,11 @@ def test_layout_is_reused_with_empty_parameters() -> None:
     params[1].grad.data = torch.ones(5, dtype=torch.float64)  # another dtype: planned anew
     assert optimizer._reuse_layout(optimizer.param_groups[0]) is None
     assert layout.empty.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("entry", catalog.OPTIMIZERS, ids=lambda entry: entry.name)
+def test_kernel_rows_are_named_by_the_state_they_hold(entry) -> None:
+    rows = entry.cls.kernel_rows
+    assert (rows.param, rows.grad) == (0, 1)
+    assert list(rows) == list(range(len(rows)))
+    assert set(rows._fields[2:]) <= {"step", *entry.cls.state_buffers}

@@ -90,16 +90,16 @@ class Adadelta(BaseOptimizer):
 
     def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         adadelta_kernel(
-            call.memory,
-            call.sizes,
-            call.marker,
-            call.state_marker,
-            call.step_marker,
-            float(group["lr"]),
-            float(group["rho"]),
-            float(group["eps"]),
-            float(group["weight_decay"]),
-            call.grad_factor,
+            memory=call.memory,
+            sizes=call.sizes,
+            marker=call.marker,
+            state_marker=call.state_marker,
+            step_marker=call.step_marker,
+            lr=float(group["lr"]),
+            rho=float(group["rho"]),
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            grad_factor=call.grad_factor,
         )
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:

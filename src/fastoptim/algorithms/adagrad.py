@@ -99,16 +99,16 @@ class Adagrad(BaseOptimizer):
 
     def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         adagrad_kernel(
-            call.memory,
-            call.sizes,
-            call.marker,
-            call.state_marker,
-            call.step_marker,
-            float(group["lr"]),
-            float(group["lr_decay"]),
-            float(group["weight_decay"]),
-            float(group["eps"]),
-            call.grad_factor,
+            memory=call.memory,
+            sizes=call.sizes,
+            marker=call.marker,
+            state_marker=call.state_marker,
+            step_marker=call.step_marker,
+            lr=float(group["lr"]),
+            lr_decay=float(group["lr_decay"]),
+            weight_decay=float(group["weight_decay"]),
+            eps=float(group["eps"]),
+            grad_factor=call.grad_factor,
         )
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:

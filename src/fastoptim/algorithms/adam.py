@@ -114,19 +114,19 @@ class Adam(BaseOptimizer):
     def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         beta1, beta2 = (float(beta) for beta in group["betas"])
         adam_kernel(
-            call.memory,
-            call.sizes,
-            call.marker,
-            call.state_marker,
-            call.step_marker,
-            float(group["lr"]),
-            beta1,
-            beta2,
-            float(group["eps"]),
-            float(group["weight_decay"]),
-            group["decoupled_weight_decay"],
-            group["amsgrad"],
-            call.grad_factor,
+            memory=call.memory,
+            sizes=call.sizes,
+            marker=call.marker,
+            state_marker=call.state_marker,
+            step_marker=call.step_marker,
+            lr=float(group["lr"]),
+            beta1=beta1,
+            beta2=beta2,
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            amsgrad=group["amsgrad"],
+            grad_factor=call.grad_factor,
         )
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:

@@ -103,18 +103,18 @@ class RMSprop(BaseOptimizer):
 
     def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         rmsprop_kernel(
-            call.memory,
-            call.sizes,
-            call.marker,
-            call.state_marker,
-            call.step_marker,
-            float(group["lr"]),
-            float(group["alpha"]),
-            float(group["eps"]),
-            float(group["weight_decay"]),
-            float(group["momentum"]),
-            group["centered"],
-            call.grad_factor,
+            memory=call.memory,
+            sizes=call.sizes,
+            marker=call.marker,
+            state_marker=call.state_marker,
+            step_marker=call.step_marker,
+            lr=float(group["lr"]),
+            alpha=float(group["alpha"]),
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            momentum=float(group["momentum"]),
+            centered=group["centered"],
+            grad_factor=call.grad_factor,
         )
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:

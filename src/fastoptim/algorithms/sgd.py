@@ -86,17 +86,17 @@ class SGD(BaseOptimizer):
 
     def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         sgd_kernel(
-            call.memory,
-            call.sizes,
-            call.marker,
-            call.state_marker,
-            float(group["lr"]),
-            float(group["momentum"]),
-            float(group["dampening"]),
-            float(group["weight_decay"]),
-            group["nesterov"],
-            call.grad_factor,
-            call.fresh,
+            memory=call.memory,
+            sizes=call.sizes,
+            marker=call.marker,
+            state_marker=call.state_marker,
+            lr=float(group["lr"]),
+            momentum=float(group["momentum"]),
+            dampening=float(group["dampening"]),
+            weight_decay=float(group["weight_decay"]),
+            nesterov=group["nesterov"],
+            grad_factor=call.grad_factor,
+            fresh=call.fresh,
         )
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
