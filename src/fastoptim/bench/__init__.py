@@ -28,7 +28,7 @@ import torch
 from numba import njit, prange
 
 import fastoptim
-from fastoptim.catalog import OPTIMIZERS
+from fastoptim.catalog import OPTIMIZERS, info
 from fastoptim.optimizer import kernel_turn
 from fastoptim.state import state_nbytes
 
@@ -37,7 +37,6 @@ from fastoptim.state import state_nbytes
 SETTINGS: dict[str, tuple[dict[str, Any], int]] = {
     entry.name: (entry.bench_options, entry.bytes_per_element) for entry in OPTIMIZERS
 }
-TORCH_FUSED = {entry.name for entry in OPTIMIZERS if entry.torch_fused}
 
 
 def transformer_mix(scale: float = 1.0) -> list[tuple[int, ...]]:
@@ -104,13 +103,14 @@ PROBE = "bandwidth probe"
 
 def candidates(name: str) -> dict[str, tuple[Any, dict[str, Any]]]:
     """The contenders: fastoptim's default, and torch.optim's for-loop, foreach and fused."""
+    entry = info(name)
     modes: dict[str, tuple[Any, dict[str, Any]]] = {
-        "fastoptim": (getattr(fastoptim, name), {}),
-        "torch for-loop": (getattr(torch.optim, name), {"foreach": False}),
-        "torch foreach": (getattr(torch.optim, name), {"foreach": True}),
+        "fastoptim": (entry.cls, {}),
+        "torch for-loop": (entry.torch_cls, {"foreach": False}),
+        "torch foreach": (entry.torch_cls, {"foreach": True}),
     }
-    if name in TORCH_FUSED:
-        modes["torch fused"] = (getattr(torch.optim, name), {"fused": True})
+    if entry.torch_fused:
+        modes["torch fused"] = (entry.torch_cls, {"fused": True})
     return modes
 
 
