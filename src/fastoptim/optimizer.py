@@ -52,6 +52,7 @@ KERNEL_MARKERS = {
     torch.float32: np.dtype(np.float32),
     torch.float64: np.dtype(np.float64),
     torch.bfloat16: np.dtype(np.uint16),
+    torch.float16: np.dtype(np.int16),  # float16 bits: Numba has no float16 arrays on the CPU
     torch.complex64: np.dtype(np.float32),
     torch.complex128: np.dtype(np.float64),
 }
@@ -309,7 +310,7 @@ def kernel_blocker(param: Tensor) -> str | None:
     if param.numel() and (param.data_ptr() == 0 or grad.data_ptr() == 0):
         return f"it is a {type(param).__name__} without memory of its own (a wrapper subclass)"
     if param.dtype not in KERNEL_MARKERS:
-        return f"its dtype is {param.dtype}; kernels take float32, float64, bfloat16 and complex"
+        return f"its dtype is {param.dtype}; kernels take float32, float64, bfloat16, float16 and complex"
     if param.is_contiguous():
         if not grad.is_contiguous():
             return "its gradient is not contiguous like the parameter"
