@@ -1,4 +1,8 @@
-"""Compact optimizer state: bfloat16 or blockwise 8-bit buffers, and conversions between forms.
+"""Optimizer state: what each algorithm declares it keeps, and the compact forms of its buffers.
+
+An algorithm declares its state as a tuple of :class:`Scalar` (per-parameter 0-d tensors such as
+``step``) and :class:`Buffer` (parameter-shaped tensors); creation, ``state_dict`` checks,
+loading, compact state and the kernels' memory rows all follow the declaration.
 
 ``state_dtype`` chooses how an optimizer keeps its buffers (exp_avg, square_avg, ...):
 
@@ -14,6 +18,7 @@ Complex parameters always keep their state in their own dtype. The step counter 
 compacted. See fastoptim.kernels.memory for the 8-bit code.
 """
 
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
@@ -33,6 +38,54 @@ CODES, ABSMAX = "_codes", "_absmax"
 STATE_DTYPES = (None, torch.float32, torch.bfloat16, INT8)
 
 StateFormat = torch.dtype | str
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A per-parameter 0-d float tensor (``step``, NAdam's ``mu_product``), made as torch.optim
+    makes ``step``; it starts at ``initial``. Never compacted."""
+
+    name: str
+    initial: float = 0.0
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A parameter-shaped state tensor, kept in the group's state format and starting at zero.
+    ``non_negative`` buffers take unsigned 8-bit codes; with ``when`` set, the buffer exists
+    only in groups where that option is set (non-zero, True)."""
+
+    name: str
+    non_negative: bool = False
+    when: str | None = None
+
+    def kept(self, group: dict[str, Any]) -> bool:
+        """Whether a parameter of ``group`` keeps this buffer."""
+        return self.when is None or bool(group[self.when])
+
+
+Declaration = tuple[Scalar | Buffer, ...]
+
+
+def scalars(declaration: Declaration) -> list[Scalar]:
+    """The declared per-parameter scalars."""
+    return [item for item in declaration if isinstance(item, Scalar)]
+
+
+def buffers(declaration: Declaration) -> list[Buffer]:
+    """The declared parameter-shaped buffers."""
+    return [item for item in declaration if isinstance(item, Buffer)]
+
+
+def kept_state(declaration: Declaration, group: dict[str, Any]) -> list[str]:
+    """The names of the state a parameter of ``group`` keeps, in declaration order."""
+    return [item.name for item in declaration if not isinstance(item, Buffer) or item.kept(group)]
+
+
+def stored_names(declaration: Declaration) -> set[str]:
+    """Every key a parameter's state may hold: scalars, buffers, and buffers' 8-bit forms."""
+    names = {item.name for item in declaration}
+    return names | {b.name + suffix for b in buffers(declaration) for suffix in (CODES, ABSMAX)}
 
 
 def check_state_dtype(state_dtype: Any) -> None:

@@ -8,14 +8,9 @@ from torch.optim.adadelta import adadelta as torch_adadelta
 from torch.optim.optimizer import ParamsT
 
 from fastoptim.kernels.adadelta import adadelta_kernel
-from fastoptim.optimizer import (
-    BaseOptimizer,
-    KernelCall,
-    as_scalar,
-    check_non_negative,
-    check_tensor_lr,
-    real_view,
-)
+from fastoptim.optimizer import BaseOptimizer
+from fastoptim.options import check_lr, check_non_negative
+from fastoptim.state import Buffer, Scalar
 
 
 class Adadelta(BaseOptimizer):
@@ -34,9 +29,12 @@ class Adadelta(BaseOptimizer):
 
     sparse_grad_error = "Adadelta does not support sparse gradients"
 
-    kernel_rows = adadelta_kernel.rows
-    state_buffers = ("square_avg", "acc_delta")
-    non_negative_state = frozenset(("square_avg", "acc_delta"))
+    kernel = adadelta_kernel
+    declared_state = (
+        Scalar("step"),
+        Buffer("square_avg", non_negative=True),
+        Buffer("acc_delta", non_negative=True),
+    )
 
     def __init__(
         self,
@@ -55,12 +53,6 @@ class Adadelta(BaseOptimizer):
         stochastic_rounding: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
-        check_tensor_lr(lr)
-        check_non_negative(lr, "learning rate")
-        if not 0.0 <= rho <= 1.0:
-            raise ValueError(f"Invalid rho value: {rho}")
-        check_non_negative(eps, "epsilon value")
-        check_non_negative(weight_decay, "weight_decay value")
         defaults = {
             "lr": lr,
             "rho": rho,
@@ -77,30 +69,22 @@ class Adadelta(BaseOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-        state["step"] = self._new_step(param, group)
-        state["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        state["acc_delta"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        check_lr(options["lr"])
+        rho = options["rho"]
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"Invalid rho value: {rho}")
+        check_non_negative(options["eps"], "epsilon value")
+        check_non_negative(options["weight_decay"], "weight_decay value")
 
-    def _reference_step(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
-        adadelta_update(param, grad, self._state_of(param, group), group)
-
-    def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
-        return ["step", "square_avg", "acc_delta"]
-
-    def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
-        adadelta_kernel(
-            memory=call.memory,
-            sizes=call.sizes,
-            marker=call.marker,
-            state_marker=call.state_marker,
-            step_marker=call.step_marker,
-            lr=float(group["lr"]),
-            rho=float(group["rho"]),
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            grad_factor=call.grad_factor,
-        )
+    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "lr": float(group["lr"]),
+            "rho": float(group["rho"]),
+            "eps": float(group["eps"]),
+            "weight_decay": float(group["weight_decay"]),
+        }
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
@@ -120,29 +104,3 @@ class Adadelta(BaseOptimizer):
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
         )
-
-
-def adadelta_update(
-    param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
-) -> None:
-    """One Adadelta step of one parameter, in torch.optim's for-loop operation order."""
-    rho, eps = group["rho"], group["eps"]
-    state["step"] += 1
-    if group["maximize"]:
-        grad = -grad
-    if group["weight_decay"] != 0:
-        grad = grad.add(param, alpha=group["weight_decay"])
-
-    is_complex = torch.is_complex(param)
-    grad = real_view(grad)
-    square_avg, acc_delta = real_view(state["square_avg"]), real_view(state["acc_delta"])
-    square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
-    std = square_avg.add(eps).sqrt_()
-    delta = acc_delta.add(eps).sqrt_()
-    if group["differentiable"]:
-        delta = delta.clone()  # keep sqrt's saved output intact for autograd
-    delta.div_(std).mul_(grad)
-    acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
-    if is_complex:
-        delta = torch.view_as_complex(delta)
-    param.add_(delta, alpha=-as_scalar(group["lr"]))

@@ -8,14 +8,9 @@ from torch.optim.adam import adam as torch_adam
 from torch.optim.optimizer import ParamsT
 
 from fastoptim.kernels.adam import adam_kernel
-from fastoptim.optimizer import (
-    BaseOptimizer,
-    KernelCall,
-    as_scalar,
-    check_non_negative,
-    check_tensor_lr,
-    real_view,
-)
+from fastoptim.optimizer import BaseOptimizer
+from fastoptim.options import as_scalar, check_betas, check_lr, check_non_negative
+from fastoptim.state import Buffer, Scalar
 
 
 class Adam(BaseOptimizer):
@@ -31,9 +26,13 @@ class Adam(BaseOptimizer):
 
     sparse_grad_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
 
-    kernel_rows = adam_kernel.rows
-    state_buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    non_negative_state = frozenset(("exp_avg_sq", "max_exp_avg_sq"))
+    kernel = adam_kernel
+    declared_state = (
+        Scalar("step"),
+        Buffer("exp_avg"),
+        Buffer("exp_avg_sq", non_negative=True),
+        Buffer("max_exp_avg_sq", non_negative=True, when="amsgrad"),
+    )
 
     def __init__(
         self,
@@ -54,32 +53,6 @@ class Adam(BaseOptimizer):
         stochastic_rounding: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
-        if isinstance(lr, Tensor):
-            if foreach and not capturable:
-                raise ValueError(
-                    "lr as a Tensor is not supported for capturable=False and foreach=True"
-                )
-            check_tensor_lr(lr)
-        check_non_negative(lr, "learning rate")
-        check_non_negative(eps, "epsilon value")
-        for index in (0, 1):
-            if not 0.0 <= betas[index] < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {index}: {betas[index]}")
-        check_non_negative(weight_decay, "weight_decay value")
-        if not (
-            all(isinstance(beta, float) for beta in betas)
-            or all(isinstance(beta, Tensor) for beta in betas)
-        ):
-            raise ValueError("betas must be either both floats or both Tensors")
-        for index, beta in enumerate(betas):
-            if isinstance(beta, Tensor):
-                if foreach and not capturable:
-                    raise ValueError(
-                        f"betas[{index}] as a Tensor is not supported for capturable=False "
-                        "and foreach=True"
-                    )
-                if beta.numel() != 1:
-                    raise ValueError(f"Tensor betas[{index}] must be 1-element")
         defaults = {
             "lr": lr,
             "betas": tuple(as_scalar(beta) for beta in betas),
@@ -98,36 +71,45 @@ class Adam(BaseOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-        state["step"] = self._new_step(param, group)
-        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        if group["amsgrad"]:
-            state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-
-    def _reference_step(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
-        adam_update(param, grad, self._state_of(param, group), group)
-
-    def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
-        return ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
-
-    def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
-        beta1, beta2 = (float(beta) for beta in group["betas"])
-        adam_kernel(
-            memory=call.memory,
-            sizes=call.sizes,
-            marker=call.marker,
-            state_marker=call.state_marker,
-            step_marker=call.step_marker,
-            lr=float(group["lr"]),
-            beta1=beta1,
-            beta2=beta2,
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            amsgrad=group["amsgrad"],
-            grad_factor=call.grad_factor,
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        lr, betas, foreach, capturable = (
+            options[key] for key in ("lr", "betas", "foreach", "capturable")
         )
+        if isinstance(lr, Tensor) and foreach and not capturable:
+            raise ValueError(
+                "lr as a Tensor is not supported for capturable=False and foreach=True"
+            )
+        check_lr(lr)
+        check_non_negative(options["eps"], "epsilon value")
+        check_betas(betas)
+        check_non_negative(options["weight_decay"], "weight_decay value")
+        if not (
+            all(isinstance(beta, float) for beta in betas)
+            or all(isinstance(beta, Tensor) for beta in betas)
+        ):
+            raise ValueError("betas must be either both floats or both Tensors")
+        for index, beta in enumerate(betas):
+            if isinstance(beta, Tensor):
+                if foreach and not capturable:
+                    raise ValueError(
+                        f"betas[{index}] as a Tensor is not supported for capturable=False "
+                        "and foreach=True"
+                    )
+                if beta.numel() != 1:
+                    raise ValueError(f"Tensor betas[{index}] must be 1-element")
+
+    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = (float(beta) for beta in group["betas"])
+        return {
+            "lr": float(group["lr"]),
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": float(group["eps"]),
+            "weight_decay": float(group["weight_decay"]),
+            "decoupled_weight_decay": group["decoupled_weight_decay"],
+            "amsgrad": group["amsgrad"],
+        }
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
@@ -152,61 +134,3 @@ class Adam(BaseOptimizer):
             eps=group["eps"],
             maximize=group["maximize"],
         )
-
-
-def adam_update(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-    """One Adam step of one parameter, in torch.optim's for-loop operation order.
-
-    With ``differentiable`` the bias corrections stay tensors, so gradients flow through
-    Tensor ``lr`` and ``betas``.
-    """
-    lr, weight_decay, eps = as_scalar(group["lr"]), group["weight_decay"], group["eps"]
-    beta1, beta2 = group["betas"]
-    differentiable = group["differentiable"]
-    if group["maximize"]:
-        grad = -grad
-    step = state["step"]
-    step += 1
-
-    if weight_decay != 0:
-        if group["decoupled_weight_decay"]:
-            param.mul_(1 - lr * weight_decay)
-        elif isinstance(weight_decay, Tensor) and weight_decay.requires_grad:
-            grad = torch.addcmul(grad, param, weight_decay)
-        else:
-            grad = grad.add(param, alpha=weight_decay)
-
-    grad, param = real_view(grad), real_view(param)
-    exp_avg, exp_avg_sq = real_view(state["exp_avg"]), real_view(state["exp_avg_sq"])
-
-    if isinstance(beta1, Tensor):
-        exp_avg.lerp_(grad, 1 - beta1.to(device=param.device, dtype=param.dtype))
-    else:
-        exp_avg.lerp_(grad, 1 - beta1)
-    if differentiable and isinstance(beta2, Tensor) and beta2.requires_grad:
-        exp_avg_sq.lerp_(torch.square(grad), weight=1 - beta2)
-    else:
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-
-    second_moment = exp_avg_sq
-    if group["amsgrad"]:
-        max_exp_avg_sq = real_view(state["max_exp_avg_sq"])
-        if differentiable:
-            max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq.clone(), exp_avg_sq))
-        else:
-            torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-        second_moment = max_exp_avg_sq
-
-    if differentiable:
-        bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = (1 - beta2**step).sqrt()
-        neg_step_size = (lr / bias_correction1).neg()
-        denom = (second_moment.sqrt() / (bias_correction2_sqrt * neg_step_size)).add_(
-            eps / neg_step_size
-        )
-        param.addcdiv_(exp_avg.clone(), denom)
-    else:
-        t = step.item()
-        step_size = lr / (1 - beta1**t)
-        denom = (second_moment.sqrt() / (1 - beta2**t) ** 0.5).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-step_size)

@@ -8,14 +8,9 @@ from torch.optim.adamax import adamax as torch_adamax
 from torch.optim.optimizer import ParamsT
 
 from fastoptim.kernels.adamax import adamax_kernel
-from fastoptim.optimizer import (
-    BaseOptimizer,
-    KernelCall,
-    as_scalar,
-    check_non_negative,
-    check_tensor_lr,
-    real_view,
-)
+from fastoptim.optimizer import BaseOptimizer
+from fastoptim.options import check_betas, check_lr, check_non_negative
+from fastoptim.state import Buffer, Scalar
 
 
 class Adamax(BaseOptimizer):
@@ -33,9 +28,8 @@ class Adamax(BaseOptimizer):
 
     sparse_grad_error = "Adamax does not support sparse gradients"
 
-    kernel_rows = adamax_kernel.rows
-    state_buffers = ("exp_avg", "exp_inf")
-    non_negative_state = frozenset(("exp_inf",))
+    kernel = adamax_kernel
+    declared_state = (Scalar("step"), Buffer("exp_avg"), Buffer("exp_inf", non_negative=True))
 
     def __init__(
         self,
@@ -54,13 +48,6 @@ class Adamax(BaseOptimizer):
         stochastic_rounding: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
-        check_tensor_lr(lr)
-        check_non_negative(lr, "learning rate")
-        check_non_negative(eps, "epsilon value")
-        for index in (0, 1):
-            if not 0.0 <= betas[index] < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {index}: {betas[index]}")
-        check_non_negative(weight_decay, "weight_decay value")
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -77,32 +64,22 @@ class Adamax(BaseOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-        state["step"] = self._new_step(param, group)
-        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        state["exp_inf"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        check_lr(options["lr"])
+        check_non_negative(options["eps"], "epsilon value")
+        check_betas(options["betas"])
+        check_non_negative(options["weight_decay"], "weight_decay value")
 
-    def _reference_step(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
-        adamax_update(param, grad, self._state_of(param, group), group)
-
-    def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
-        return ["step", "exp_avg", "exp_inf"]
-
-    def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
+    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
-        adamax_kernel(
-            memory=call.memory,
-            sizes=call.sizes,
-            marker=call.marker,
-            state_marker=call.state_marker,
-            step_marker=call.step_marker,
-            lr=float(group["lr"]),
-            beta1=float(beta1),
-            beta2=float(beta2),
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            grad_factor=call.grad_factor,
-        )
+        return {
+            "lr": float(group["lr"]),
+            "beta1": float(beta1),
+            "beta2": float(beta2),
+            "eps": float(group["eps"]),
+            "weight_decay": float(group["weight_decay"]),
+        }
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
@@ -123,27 +100,3 @@ class Adamax(BaseOptimizer):
             lr=group["lr"],
             weight_decay=group["weight_decay"],
         )
-
-
-def adamax_update(
-    param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
-) -> None:
-    """One Adamax step of one parameter, in torch.optim's for-loop operation order."""
-    beta1, beta2 = group["betas"]
-    if group["maximize"]:
-        grad = -grad
-    step = state["step"]
-    step += 1
-    if group["weight_decay"] != 0:
-        grad = grad.add(param, alpha=group["weight_decay"])
-
-    param, grad = real_view(param), real_view(grad)
-    exp_avg, exp_inf = real_view(state["exp_avg"]), real_view(state["exp_inf"])
-    exp_avg.lerp_(grad, 1 - beta1)
-    norm = grad.abs().add_(group["eps"])
-    if group["differentiable"]:
-        exp_inf.copy_(torch.maximum(exp_inf.mul(beta2), norm))
-    else:
-        torch.maximum(exp_inf.mul_(beta2), norm, out=exp_inf)
-    step_size = as_scalar(group["lr"]) / (1 - beta1 ** step.item())
-    param.addcdiv_(exp_avg, exp_inf, value=-step_size)

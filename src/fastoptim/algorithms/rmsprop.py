@@ -8,14 +8,9 @@ from torch.optim.optimizer import ParamsT
 from torch.optim.rmsprop import rmsprop as torch_rmsprop
 
 from fastoptim.kernels.rmsprop import rmsprop_kernel
-from fastoptim.optimizer import (
-    BaseOptimizer,
-    KernelCall,
-    as_scalar,
-    check_non_negative,
-    check_tensor_lr,
-    real_view,
-)
+from fastoptim.optimizer import BaseOptimizer
+from fastoptim.options import check_lr, check_non_negative
+from fastoptim.state import Buffer, Scalar
 
 
 class RMSprop(BaseOptimizer):
@@ -35,9 +30,13 @@ class RMSprop(BaseOptimizer):
 
     sparse_grad_error = "RMSprop does not support sparse gradients"
 
-    kernel_rows = rmsprop_kernel.rows
-    state_buffers = ("square_avg", "momentum_buffer", "grad_avg")
-    non_negative_state = frozenset(("square_avg",))
+    kernel = rmsprop_kernel
+    declared_state = (
+        Scalar("step"),
+        Buffer("square_avg", non_negative=True),
+        Buffer("momentum_buffer", when="momentum"),
+        Buffer("grad_avg", when="centered"),
+    )
 
     def __init__(
         self,
@@ -58,12 +57,6 @@ class RMSprop(BaseOptimizer):
         stochastic_rounding: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
-        check_tensor_lr(lr)
-        check_non_negative(lr, "learning rate")
-        check_non_negative(eps, "epsilon value")
-        check_non_negative(momentum, "momentum value")
-        check_non_negative(weight_decay, "weight_decay value")
-        check_non_negative(alpha, "alpha value")
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -82,40 +75,23 @@ class RMSprop(BaseOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-        state["step"] = self._new_step(param, group)
-        state["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        if group["momentum"] > 0:
-            state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        if group["centered"]:
-            state["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        check_lr(options["lr"])
+        check_non_negative(options["eps"], "epsilon value")
+        check_non_negative(options["momentum"], "momentum value")
+        check_non_negative(options["weight_decay"], "weight_decay value")
+        check_non_negative(options["alpha"], "alpha value")
 
-    def _reference_step(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
-        rmsprop_update(param, grad, self._state_of(param, group), group)
-
-    def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
-        keys = ["step", "square_avg"]
-        if group["momentum"] > 0:
-            keys.append("momentum_buffer")
-        if group["centered"]:
-            keys.append("grad_avg")
-        return keys
-
-    def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
-        rmsprop_kernel(
-            memory=call.memory,
-            sizes=call.sizes,
-            marker=call.marker,
-            state_marker=call.state_marker,
-            step_marker=call.step_marker,
-            lr=float(group["lr"]),
-            alpha=float(group["alpha"]),
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            momentum=float(group["momentum"]),
-            centered=group["centered"],
-            grad_factor=call.grad_factor,
-        )
+    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "lr": float(group["lr"]),
+            "alpha": float(group["alpha"]),
+            "eps": float(group["eps"]),
+            "weight_decay": float(group["weight_decay"]),
+            "momentum": float(group["momentum"]),
+            "centered": group["centered"],
+        }
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
@@ -138,33 +114,3 @@ class RMSprop(BaseOptimizer):
             momentum=group["momentum"],
             centered=group["centered"],
         )
-
-
-def rmsprop_update(
-    param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
-) -> None:
-    """One RMSprop step of one parameter, in torch.optim's for-loop operation order."""
-    lr, alpha, eps = as_scalar(group["lr"]), group["alpha"], group["eps"]
-    if group["maximize"]:
-        grad = -grad
-    state["step"] += 1
-    if group["weight_decay"] != 0:
-        grad = grad.add(param, alpha=group["weight_decay"])
-
-    param, grad = real_view(param), real_view(grad)
-    square_avg = real_view(state["square_avg"])
-    square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
-    if group["centered"]:
-        grad_avg = real_view(state["grad_avg"])
-        grad_avg.lerp_(grad, 1 - alpha)
-        avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
-    else:
-        avg = square_avg.sqrt()
-    avg = avg.add(eps) if group["differentiable"] else avg.add_(eps)
-
-    if group["momentum"] > 0:
-        buffer = real_view(state["momentum_buffer"])
-        buffer.mul_(group["momentum"]).addcdiv_(grad, avg)
-        param.add_(buffer, alpha=-lr)
-    else:
-        param.addcdiv_(grad, avg, value=-lr)

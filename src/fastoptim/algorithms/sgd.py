@@ -8,13 +8,9 @@ from torch.optim.optimizer import ParamsT
 from torch.optim.sgd import sgd as torch_sgd
 
 from fastoptim.kernels.sgd import sgd_kernel
-from fastoptim.optimizer import (
-    BaseOptimizer,
-    KernelCall,
-    as_scalar,
-    check_non_negative,
-    check_tensor_lr,
-)
+from fastoptim.optimizer import BaseOptimizer
+from fastoptim.options import check_lr, check_non_negative
+from fastoptim.state import Buffer
 
 
 class SGD(BaseOptimizer):
@@ -31,8 +27,8 @@ class SGD(BaseOptimizer):
     The momentum buffer ``b`` exists only when ``momentum != 0``; SGD keeps no ``step``.
     """
 
-    kernel_rows = sgd_kernel.rows
-    state_buffers = ("momentum_buffer",)
+    kernel = sgd_kernel
+    declared_state = (Buffer("momentum_buffer", when="momentum"),)
 
     def __init__(
         self,
@@ -51,12 +47,6 @@ class SGD(BaseOptimizer):
         stochastic_rounding: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
-        check_tensor_lr(lr)
-        check_non_negative(lr, "learning rate")
-        check_non_negative(momentum, "momentum value")
-        check_non_negative(weight_decay, "weight_decay value")
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -73,31 +63,24 @@ class SGD(BaseOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _reference_step(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
-        sgd_update(param, grad, self.state, group)
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        momentum, dampening = options["momentum"], options["dampening"]
+        check_lr(options["lr"])
+        check_non_negative(momentum, "momentum value")
+        check_non_negative(options["weight_decay"], "weight_decay value")
+        if options["nesterov"] and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
-    def _init_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-        """The kernel's momentum buffer, set to the first gradient by the kernel (fresh)."""
-        if group["momentum"] != 0:
-            state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-
-    def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
-        return ["momentum_buffer"] if group["momentum"] != 0 else []
-
-    def _launch_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
-        sgd_kernel(
-            memory=call.memory,
-            sizes=call.sizes,
-            marker=call.marker,
-            state_marker=call.state_marker,
-            lr=float(group["lr"]),
-            momentum=float(group["momentum"]),
-            dampening=float(group["dampening"]),
-            weight_decay=float(group["weight_decay"]),
-            nesterov=group["nesterov"],
-            grad_factor=call.grad_factor,
-            fresh=call.fresh,
-        )
+    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The kernel starts a new momentum buffer (zeros, marked fresh) as the gradient."""
+        return {
+            "lr": float(group["lr"]),
+            "momentum": float(group["momentum"]),
+            "dampening": float(group["dampening"]),
+            "weight_decay": float(group["weight_decay"]),
+            "nesterov": group["nesterov"],
+        }
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         with_momentum = group["momentum"] != 0
@@ -119,35 +102,3 @@ class SGD(BaseOptimizer):
         if with_momentum:
             for param, buffer in zip(params, buffers, strict=True):
                 self.state[param]["momentum_buffer"] = buffer
-
-
-def sgd_update(
-    param: Tensor, grad: Tensor, states: dict[Tensor, dict[str, Any]], group: dict[str, Any]
-) -> None:
-    """One SGD step of one parameter, in torch.optim's for-loop operation order.
-
-    ``states`` is the optimizer's state table; it is touched only when momentum is on, so
-    plain SGD keeps an empty state as torch.optim does.
-    """
-    lr, weight_decay, momentum = as_scalar(group["lr"]), group["weight_decay"], group["momentum"]
-    if group["maximize"]:
-        grad = -grad
-    if weight_decay != 0:
-        if isinstance(weight_decay, Tensor) and weight_decay.requires_grad:
-            grad = torch.addcmul(grad, param, weight_decay)
-        else:
-            grad = grad.add(param, alpha=weight_decay)
-
-    if momentum != 0:
-        state = states[param]
-        buffer = state.get("momentum_buffer")
-        if buffer is None:
-            buffer = state["momentum_buffer"] = grad.detach().clone()
-        else:
-            buffer.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
-        grad = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
-
-    if isinstance(lr, Tensor) and lr.requires_grad:
-        param.addcmul_(grad, lr, value=-1)
-    else:
-        param.add_(grad, alpha=-lr)

@@ -29,7 +29,7 @@ from numba import njit, prange
 
 import fastoptim
 from fastoptim.catalog import OPTIMIZERS, info
-from fastoptim.optimizer import kernel_turn
+from fastoptim.planning import kernel_turn
 from fastoptim.state import state_nbytes
 
 # Options benchmarked per optimizer, and the bytes each moves per parameter element in

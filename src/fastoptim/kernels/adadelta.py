@@ -25,7 +25,17 @@ ROW = memory_rows("step", "square_avg", "acc_delta")
 
 @kernel(ROW)
 def adadelta_kernel(  # type: ignore[no-untyped-def]
-    memory, sizes, marker, state_marker, step_marker, lr, rho, eps, weight_decay, grad_factor
+    memory,
+    sizes,
+    marker,
+    state_marker,
+    step_marker,
+    grad_factor,
+    fresh,
+    lr,
+    rho,
+    eps,
+    weight_decay,
 ):
     """Adadelta over the tensors whose addresses are the columns of ``memory[0]``.
 

@@ -25,7 +25,17 @@ ROW = memory_rows("step", "sum")
 
 @kernel(ROW)
 def adagrad_kernel(  # type: ignore[no-untyped-def]
-    memory, sizes, marker, state_marker, step_marker, lr, lr_decay, weight_decay, eps, grad_factor
+    memory,
+    sizes,
+    marker,
+    state_marker,
+    step_marker,
+    grad_factor,
+    fresh,
+    lr,
+    lr_decay,
+    weight_decay,
+    eps,
 ):
     """Adagrad over the tensors whose addresses are the columns of ``memory[0]``.
 

@@ -58,6 +58,8 @@ def adam_kernel(  # type: ignore[no-untyped-def]
     marker,
     state_marker,
     step_marker,
+    grad_factor,
+    fresh,
     lr,
     beta1,
     beta2,
@@ -65,7 +67,6 @@ def adam_kernel(  # type: ignore[no-untyped-def]
     weight_decay,
     decoupled_weight_decay,
     amsgrad,
-    grad_factor,
 ):
     """Adam over the tensors whose addresses are the columns of ``memory[0]``.
 

@@ -32,12 +32,13 @@ def adamax_kernel(  # type: ignore[no-untyped-def]
     marker,
     state_marker,
     step_marker,
+    grad_factor,
+    fresh,
     lr,
     beta1,
     beta2,
     eps,
     weight_decay,
-    grad_factor,
 ):
     """Adamax over the tensors whose addresses are the columns of ``memory[0]``.
 

@@ -52,13 +52,14 @@ def rmsprop_kernel(  # type: ignore[no-untyped-def]
     marker,
     state_marker,
     step_marker,
+    grad_factor,
+    fresh,
     lr,
     alpha,
     eps,
     weight_decay,
     momentum,
     centered,
-    grad_factor,
 ):
     """RMSprop over the tensors whose addresses are the columns of ``memory[0]``.
 

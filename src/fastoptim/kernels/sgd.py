@@ -27,13 +27,14 @@ def sgd_kernel(  # type: ignore[no-untyped-def]
     sizes,
     marker,
     state_marker,
+    step_marker,
+    grad_factor,
+    fresh,
     lr,
     momentum,
     dampening,
     weight_decay,
     nesterov,
-    grad_factor,
-    fresh,
 ):
     """SGD over the tensors whose addresses are the columns of ``memory[0]``.
 
