@@ -8,7 +8,8 @@ from fastoptim.kernels.memory import chunks_of, kernel, load, view
 @kernel()
 def count_nonfinite(addresses, sizes, marker):  # type: ignore[no-untyped-def]
     """The number of NaN or infinite elements in the tensors at ``addresses`` (``sizes``
-    elements each, storage type ``marker``): one vectorized, multi-threaded read."""
+    elements each, storage type ``marker``; bfloat16 and float16 bits are widened by ``load``,
+    which keeps NaN and infinity): one vectorized, multi-threaded read."""
     rows = chunks_of(sizes)
     bad = 0
     for row in prange(rows.shape[0]):

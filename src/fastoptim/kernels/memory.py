@@ -2,15 +2,20 @@
 
 Kernels receive tensors as int64 addresses (``tensor.data_ptr()``) and element counts, so one
 call can cover every tensor of a param group. Storage types are given by a dtype marker:
-``float32``, ``float64``, ``uint16`` for bfloat16, or ``int8`` for blockwise 8-bit codes.
-Arithmetic runs in the compute type of the parameters' marker: float64 for float64, float32
-otherwise.
+``float32``, ``float64``, ``uint16`` for bfloat16, ``int16`` for float16 (Numba has no float16
+arrays on the CPU), or ``int8`` for blockwise 8-bit codes. Arithmetic runs in the compute type
+of the parameters' marker: float64 for float64, float32 otherwise.
 
 A kernel opens each tensor's block of elements with ``open_buffer`` as a source, read with
 ``load(source, i)``, and with ``open_sink(source, scratch)`` as the array it writes to with
 ``put(sink, i, value, source)``; it ends the block with ``finish(source, sink)``:
 
 - float32/float64: source and sink are the same array view; ``finish`` does nothing.
+- float16: source and sink are the same view of its bits; ``load`` widens to float32 and
+  ``put`` rounds to nearest (ties to even), always: stochastic rounding is for bfloat16 only,
+  as torch's fused kernels round float16 to nearest. The conversions use the CPU's float16
+  instructions where it has them (:func:`float16_in_hardware`), else integer and float32
+  operations that give the same bits.
 - bfloat16: the source is ``Rounded`` and the sink its bits; ``put`` rounds to bfloat16: to
   nearest (ties to even) or, with ``stochastic``, up or down with probabilities given by the
   distance (unbiased).
@@ -225,13 +230,124 @@ def _decode_signed_as_float16(typingctx, code):  # type: ignore[no-untyped-def]
 
 
 def float16_in_hardware() -> bool:
-    """Whether the CPU Numba compiles for converts float16 to float32 in one instruction
-    (x86 with F16C, every 64-bit ARM). Elsewhere LLVM would call a runtime function that
-    Numba does not link, so the 8-bit decoder uses integer and float32 operations."""
+    """Whether the CPU Numba compiles for converts between float16 and float32 in one
+    instruction (x86 with F16C, every 64-bit ARM). Elsewhere LLVM would call a runtime
+    function that Numba does not link, so float16 parameters and the 8-bit decoder use
+    integer and float32 operations."""
     if platform.machine().lower() in ("aarch64", "arm64"):
         return True
     features = config.CPU_FEATURES if config.CPU_FEATURES is not None else host_features()
     return "+f16c" in features.split(",")
+
+
+@intrinsic
+def _widen_float16(typingctx, bits):  # type: ignore[no-untyped-def]
+    """float16 ``bits`` (int16) as float32 by the hardware's conversion (LLVM fpext)."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.int16), codegen
+
+
+@intrinsic
+def _narrow_to_float16(typingctx, value):  # type: ignore[no-untyped-def]
+    """float32 ``value`` as float16 bits (int16), rounded to nearest even by the hardware's
+    conversion (LLVM fptrunc)."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.int16(types.float32), codegen
+
+
+@intrinsic
+def _widen_float16_by_arithmetic(typingctx, bits):  # type: ignore[no-untyped-def]
+    """float16 ``bits`` (int16) as float32 in integer and float32 operations (selects, which
+    vectorize): the exponent and mantissa shifted into float32's places and the exponent
+    rebiased; infinity and NaN get float32's top exponent (NaN made quiet, as the hardware
+    does), and a subnormal m * 2^-24 is computed exactly as (1 + m / 1024) * 2^-14 - 2^-14."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i32, f32 = ir.IntType(32), ir.FloatType()
+        rebias = ir.Constant(i32, (127 - 15) << 23)
+        top = ir.Constant(i32, 31 << 23)
+        value = builder.zext(args[0], i32)
+        shifted = builder.shl(builder.and_(value, ir.Constant(i32, 0x7FFF)), ir.Constant(i32, 13))
+        exponent = builder.and_(shifted, top)
+        normal = builder.add(shifted, rebias)
+        widened = builder.add(normal, rebias)
+        nan = builder.icmp_unsigned(">", shifted, top)
+        widened = builder.select(nan, builder.or_(widened, ir.Constant(i32, 1 << 22)), widened)
+        special = builder.icmp_unsigned("==", exponent, top)
+        normal = builder.select(special, widened, normal)
+        lifted = builder.bitcast(builder.add(normal, ir.Constant(i32, 1 << 23)), f32)
+        subnormal = builder.bitcast(builder.fsub(lifted, ir.Constant(f32, 2.0**-14)), i32)
+        tiny = builder.icmp_unsigned("==", exponent, ir.Constant(i32, 0))
+        magnitude = builder.select(tiny, subnormal, normal)
+        sign = builder.shl(builder.and_(value, ir.Constant(i32, 0x8000)), ir.Constant(i32, 16))
+        return builder.bitcast(builder.or_(magnitude, sign), f32)
+
+    return types.float32(types.int16), codegen
+
+
+@intrinsic
+def _narrow_to_float16_by_arithmetic(typingctx, value):  # type: ignore[no-untyped-def]
+    """float32 ``value`` as float16 bits (int16), rounded to nearest even, in integer and
+    float32 operations (selects, which vectorize). Normal results: the rebiased bits with the
+    13 dropped ones rounded by adding 0xFFF plus the lowest kept bit (a carry may reach
+    infinity). Below 2^-14, adding 0.5 rounds the magnitude to a multiple of 2^-24 (the
+    subnormal step) and the low bits of the sum are the code. From 2^16 up: infinity; NaN
+    gives a quiet NaN with the top of its payload, as the hardware does."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i32, f32 = ir.IntType(32), ir.FloatType()
+        raw = builder.bitcast(args[0], i32)
+        sign = builder.and_(raw, ir.Constant(i32, -(1 << 31)))
+        magnitude = builder.xor(raw, sign)
+        kept = builder.lshr(magnitude, ir.Constant(i32, 13))
+        odd = builder.and_(kept, ir.Constant(i32, 1))
+        rounded = builder.add(magnitude, ir.Constant(i32, 0xFFF - ((127 - 15) << 23)))
+        normal = builder.lshr(builder.add(rounded, odd), ir.Constant(i32, 13))
+        half = ir.Constant(f32, 0.5)
+        sum_bits = builder.bitcast(builder.fadd(builder.bitcast(magnitude, f32), half), i32)
+        subnormal = builder.sub(sum_bits, ir.Constant(i32, 0x3F000000))
+        tiny = builder.icmp_unsigned("<", magnitude, ir.Constant(i32, (127 - 14) << 23))
+        finite = builder.select(tiny, subnormal, normal)
+        nan = builder.icmp_unsigned(">", magnitude, ir.Constant(i32, 0x7F800000))
+        payload = builder.and_(kept, ir.Constant(i32, 0x3FF))
+        quiet_nan = builder.or_(payload, ir.Constant(i32, 0x7E00))
+        huge = builder.select(nan, quiet_nan, ir.Constant(i32, 0x7C00))
+        large = builder.icmp_unsigned(">=", magnitude, ir.Constant(i32, (127 + 16) << 23))
+        code = builder.or_(
+            builder.select(large, huge, finite), builder.lshr(sign, ir.Constant(i32, 16))
+        )
+        return builder.trunc(code, ir.IntType(16))
+
+    return types.int16(types.float32), codegen
+
+
+def float16_to_float32(bits):  # type: ignore[no-untyped-def]
+    """A float16 (int16 bits) as float32."""
+
+
+@overload(float16_to_float32, inline="always")
+def _float16_to_float32(bits):  # type: ignore[no-untyped-def]
+    if float16_in_hardware():
+        return lambda bits: _widen_float16(bits)
+    return lambda bits: _widen_float16_by_arithmetic(bits)
+
+
+def round_to_float16(value):  # type: ignore[no-untyped-def]
+    """A float32 as float16 bits (int16), rounded to nearest (ties to even): overflow gives
+    infinity, NaN stays NaN."""
+
+
+@overload(round_to_float16, inline="always")
+def _round_to_float16(value):  # type: ignore[no-untyped-def]
+    if float16_in_hardware():
+        return lambda value: _narrow_to_float16(np.float32(value))
+    return lambda value: _narrow_to_float16_by_arithmetic(np.float32(value))
 
 
 @njit(inline="always")
@@ -311,8 +427,8 @@ def _open_buffer(memory, row, tensor, first, last, marker):  # type: ignore[no-u
 
 def open_sink(source, scratch):  # type: ignore[no-untyped-def]
     """Where a kernel ``put``s the new values of an opened block: the block itself for
-    float32, float64 and bfloat16, else the start of ``scratch`` (float32, QBLOCK long) for
-    ``finish`` to encode into the 8-bit source."""
+    float32, float64, bfloat16 and float16, else the start of ``scratch`` (float32, QBLOCK
+    long) for ``finish`` to encode into the 8-bit source."""
 
 
 @overload(open_sink, inline="always")
@@ -326,7 +442,8 @@ def _open_sink(source, scratch):  # type: ignore[no-untyped-def]
 
 def put(sink, index, value, source):  # type: ignore[no-untyped-def]
     """Write the new compute-type ``value`` of element ``index`` to ``sink`` (from
-    ``open_sink(source, ...)``): as is, or rounded to bfloat16 for a ``Rounded`` source."""
+    ``open_sink(source, ...)``): as is, rounded to bfloat16 for a ``Rounded`` source, or
+    rounded to nearest float16 for float16 bits (int16)."""
 
 
 @overload(put, inline="always")
@@ -338,6 +455,12 @@ def _put(sink, index, value, source):  # type: ignore[no-untyped-def]
             sink[index] = round_to_bfloat16(value, source.stochastic, bits)
 
         return rounded
+    if isinstance(sink, types.Array) and sink.dtype == types.int16:
+
+        def half(sink, index, value, source):  # type: ignore[no-untyped-def]
+            sink[index] = round_to_float16(value)
+
+        return half
 
     def plain(sink, index, value, source):  # type: ignore[no-untyped-def]
         sink[index] = value
@@ -431,6 +554,8 @@ def _load(array, index):  # type: ignore[no-untyped-def]
         return lambda array, index: bfloat16_to_float32(array.bits[index])
     if array.dtype == types.uint16:
         return lambda array, index: bfloat16_to_float32(array[index])
+    if array.dtype == types.int16:
+        return lambda array, index: float16_to_float32(array[index])
     return lambda array, index: array[index]
 
 
