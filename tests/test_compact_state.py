@@ -26,7 +26,7 @@ from sklearn.datasets import load_digits
 
 import fastoptim
 from fastoptim import catalog
-from fastoptim.kernels.memory import (
+from fastoptim.kernels.formats import (
     QBLOCK,
     _decode_code,
     _decode_signed_as_float16,
@@ -266,7 +266,7 @@ def test_signed_codes_decode_alike_through_float16_and_arithmetic() -> None:
 
 DECODE_WITHOUT_FLOAT16_SCRIPT = """
 import numpy as np
-from fastoptim.kernels.memory import dequantize, float16_in_hardware
+from fastoptim.kernels.formats import dequantize, float16_in_hardware
 assert not float16_in_hardware()
 codes = np.arange(-128, 128).astype(np.int8)
 values = np.empty(256, np.float32)

@@ -41,12 +41,11 @@ from test_compact_state import options as compact_options
 import fastoptim
 from fastoptim import catalog
 from fastoptim.kernels.checks import count_nonfinite
-from fastoptim.kernels.memory import (
+from fastoptim.kernels.formats import (
     _narrow_to_float16_by_arithmetic,
     _widen_float16_by_arithmetic,
-    load,
-    put,
 )
+from fastoptim.kernels.memory import load, put
 
 # 0-d, odd 1-d, 2-d, and one larger than a kernel chunk (65536 elements).
 SHAPES: list[Any] = [(), (7,), (33, 17), (257, 256)]
@@ -145,7 +144,8 @@ import numpy as np
 import torch
 import fastoptim
 from numba import njit
-from fastoptim.kernels.memory import float16_in_hardware, load, put
+from fastoptim.kernels.formats import float16_in_hardware
+from fastoptim.kernels.memory import load, put
 
 assert not float16_in_hardware()
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from fastoptim.kernels.memory import QBLOCK
+from fastoptim.kernels.formats import QBLOCK
 from fastoptim.options import option_hints
 from fastoptim.state import ABSMAX, CODES, DTensor, convert_buffer, scalars, stored_names
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fastoptim.kernels.memory import QBLOCK
+from fastoptim.kernels.formats import QBLOCK
 from fastoptim.options import CAPTURABLE_DEVICES, check_kernel_for_state, scalar_dtype
 from fastoptim.state import (
     ABSMAX,

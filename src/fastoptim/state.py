@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastoptim.kernels.memory import QBLOCK, dequantize, quantize
+from fastoptim.kernels.formats import QBLOCK, dequantize, quantize
 
 try:
     from torch.distributed.tensor import DTensor
