@@ -1,4 +1,4 @@
-"""The element loop shared by the Adam-family kernels (Adam, NAdam, RAdam): the gradient with
+"""The element loop shared by the Adam-family kernels: the gradient with
 weight decay, and the two moment updates, from per-call constants."""
 
 from collections import namedtuple
