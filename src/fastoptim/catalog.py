@@ -16,6 +16,8 @@ from fastoptim.algorithms.adagrad import Adagrad
 from fastoptim.algorithms.adam import Adam
 from fastoptim.algorithms.adamax import Adamax
 from fastoptim.algorithms.adamw import AdamW
+from fastoptim.algorithms.nadam import NAdam
+from fastoptim.algorithms.radam import RAdam
 from fastoptim.algorithms.rmsprop import RMSprop
 from fastoptim.algorithms.sgd import SGD
 from fastoptim.optimizer import BaseOptimizer
@@ -48,6 +50,8 @@ OPTIMIZERS: tuple[OptimizerInfo, ...] = (
     OptimizerInfo(Adadelta, torch.optim.Adadelta, False, 7, {"lr": 1.0}),
     OptimizerInfo(Adamax, torch.optim.Adamax, False, 7, {"lr": 2e-3}),
     OptimizerInfo(RMSprop, torch.optim.RMSprop, False, 5, {"lr": 0.01}),
+    OptimizerInfo(NAdam, torch.optim.NAdam, False, 7, {"lr": 2e-3}),
+    OptimizerInfo(RAdam, torch.optim.RAdam, False, 7, {"lr": 1e-3}),
 )
 
 NAMES: list[str] = [info.name for info in OPTIMIZERS]

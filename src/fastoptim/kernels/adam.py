@@ -1,17 +1,15 @@
 """Fused Adam/AdamW kernel: one pass over param, grad and moments for every tensor of a group."""
 
-from collections import namedtuple
-
 import numpy as np
 from numba import njit, prange
 
+from fastoptim.kernels.elementwise import constants, moments
 from fastoptim.kernels.memory import (
     block_size,
     chunks_of,
     compute,
     finish,
     kernel,
-    lerp,
     load,
     maximum,
     memory_rows,
@@ -24,24 +22,6 @@ from fastoptim.kernels.memory import (
 )
 
 ROW = memory_rows("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-# The per-call constants of the element loop, in the compute type.
-Constants = namedtuple(
-    "Constants", ["factor", "shrink", "l2", "decay", "weight1", "keep1", "keep2", "weight2"]
-)
-
-
-@njit(inline="always")
-def moments(param, grad, exp_avg, exp_avg_sq, i, c):  # type: ignore[no-untyped-def]
-    """Element ``i``'s (decayed param, new exp_avg, new exp_avg_sq) with Constants ``c``:
-    g = factor * grad (+ decay * p with L2), p = shrink * p (decoupled decay),
-    m = lerp(m, g, 1 - b1), v = b2 * v + (1 - b2) * g^2."""
-    g = load(grad, i) * c.factor
-    p = load(param, i) * c.shrink
-    g = g + c.decay * p if c.l2 else g
-    m = lerp(load(exp_avg, i), g, c.weight1, c.keep1)
-    v = load(exp_avg_sq, i) * c.keep2 + c.weight2 * g * g
-    return p, m, v
 
 
 @njit(inline="always")
@@ -84,16 +64,7 @@ def adam_kernel(  # type: ignore[no-untyped-def]
         step_sizes[tensor] = lr / (1.0 - beta1**t)
         inverse_correction2s[tensor] = (1.0 - beta2**t) ** -0.5
 
-    c = Constants(
-        compute(grad_factor, marker),
-        compute(1.0 - lr * weight_decay if decoupled_weight_decay else 1.0, marker),
-        weight_decay != 0.0 and not decoupled_weight_decay,
-        compute(weight_decay, marker),
-        compute(1.0 - beta1, marker),
-        compute(beta1, marker),
-        compute(beta2, marker),
-        compute(1.0 - beta2, marker),
-    )
+    c = constants(grad_factor, lr, beta1, beta2, weight_decay, decoupled_weight_decay, marker)
     epsilon = compute(eps, marker)
     square = unsigned(state_marker)
     block = block_size(marker, state_marker)
@@ -118,7 +89,7 @@ def adam_kernel(  # type: ignore[no-untyped-def]
                 )
                 new_max = open_sink(max_exp_avg_sq, scratch[ROW.max_exp_avg_sq])
                 for i in range(last - first):
-                    p, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
+                    p, _, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
                     put(new_exp_avg, i, m, exp_avg)
                     put(new_exp_avg_sq, i, v, exp_avg_sq)
                     v = maximum(load(max_exp_avg_sq, i), v)
@@ -128,7 +99,7 @@ def adam_kernel(  # type: ignore[no-untyped-def]
                 finish(max_exp_avg_sq, new_max)
             else:
                 for i in range(last - first):
-                    p, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
+                    p, _, m, v = moments(param, grad, exp_avg, exp_avg_sq, i, c)
                     put(new_exp_avg, i, m, exp_avg)
                     put(new_exp_avg_sq, i, v, exp_avg_sq)
                     updated = stepped(p, m, v, neg_step_size, inverse_correction2, epsilon)
