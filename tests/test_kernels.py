@@ -27,6 +27,7 @@ from test_parity import CASES, OPTION_GRIDS
 
 import fastoptim
 from fastoptim import catalog
+from fastoptim.planning import reuse_layout
 
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.complex64: 1e-5, torch.complex128: 1e-12}
 NAMES = list(OPTION_GRIDS)
@@ -460,15 +461,15 @@ def test_layout_is_reused_with_empty_parameters() -> None:
         layout = optimizer._layouts[id(optimizer.param_groups[0])]
     params[1].grad = torch.ones(5)
     params[0].grad = torch.ones(0)
-    assert optimizer._reuse_layout(optimizer.param_groups[0]) is not None
+    assert reuse_layout(optimizer, optimizer.param_groups[0]) is not None
     params[1].grad.data = torch.ones(5, dtype=torch.float64)  # another dtype: planned anew
-    assert optimizer._reuse_layout(optimizer.param_groups[0]) is None
+    assert reuse_layout(optimizer, optimizer.param_groups[0]) is None
     assert layout.empty.tolist() == [True, False]
 
 
 @pytest.mark.parametrize("entry", catalog.OPTIMIZERS, ids=lambda entry: entry.name)
 def test_kernel_rows_are_named_by_the_state_they_hold(entry) -> None:
-    rows = entry.cls.kernel_rows
+    rows = entry.cls.kernel.rows
     assert (rows.param, rows.grad) == (0, 1)
     assert list(rows) == list(range(len(rows)))
-    assert set(rows._fields[2:]) <= {"step", *entry.cls.state_buffers}
+    assert set(rows._fields[2:]) == {item.name for item in entry.cls.declared_state}

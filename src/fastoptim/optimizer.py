@@ -329,10 +329,21 @@ class BaseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
                 state[item.name] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
     def _convert_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-        """Keep ``param``'s buffers in the format its group's ``state_dtype`` asks for."""
+        """Keep ``param``'s buffers in the format its group's ``state_dtype`` asks for, and,
+        where the kernel may update it, every scalar in the first one's dtype: torch.optim's
+        ``load_state_dict`` casts all state but ``step`` to the parameter's dtype (NAdam's
+        ``mu_product`` of a float64 parameter would become float64), and a kernel call takes
+        one scalar dtype. ``fused=False`` keeps torch's cast, as torch.optim does."""
         target = state_format(param, group["state_dtype"])
         for key in self.state_buffers:
             convert_buffer(state, key, target, signed=key not in self.non_negative_state)
+        if group["fused"] is False or group["differentiable"]:
+            return
+        first, *others = [item.name for item in scalars(self.declared_state)] or [None]
+        if isinstance(state.get(first), Tensor):
+            for name in others:
+                if isinstance(state.get(name), Tensor):
+                    state[name] = state[name].to(state[first].dtype)
 
     def _kernel_state_keys(self, group: dict[str, Any]) -> list[str]:
         """The state the fused kernel reads and writes for ``group``'s parameters."""

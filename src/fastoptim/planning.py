@@ -285,9 +285,10 @@ def plan_group(optimizer: "BaseOptimizer", group: dict[str, Any], same_states: b
     if sparse_error is not None and any(p.grad.is_sparse for p in params):
         raise RuntimeError(sparse_error)
     if group.get("capturable") and any(p.device.type not in CAPTURABLE_DEVICES for p in params):
-        raise AssertionError(
-            "If capturable=True, params and state_steps must be on supported devices: "
-            f"{CAPTURABLE_DEVICES}."
+        kept = ["params", *(f"{s.name}s" for s in scalars(optimizer.declared_state)[1:])]
+        raise AssertionError(  # torch's words: the tensors that must share the device
+            f"If capturable=True, {', '.join(kept)} and state_steps must be on supported "
+            f"devices: {CAPTURABLE_DEVICES}."
         )
     check_kernel_for_state(group)
     if group["fused"] is False or group["differentiable"] or not params:

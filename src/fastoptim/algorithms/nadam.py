@@ -10,7 +10,7 @@ from torch.optim.optimizer import ParamsT
 from fastoptim.kernels.nadam import nadam_kernel
 from fastoptim.optimizer import BaseOptimizer
 from fastoptim.options import check_betas, check_lr, check_non_negative
-from fastoptim.state import Buffer, Scalar, scalars
+from fastoptim.state import Buffer, Scalar
 
 
 class NAdam(BaseOptimizer):
@@ -83,21 +83,6 @@ class NAdam(BaseOptimizer):
         check_betas(options["betas"])
         check_non_negative(options["weight_decay"], "weight_decay value")
         check_non_negative(options["momentum_decay"], "momentum_decay value")
-
-    def _convert_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-        """As the base, and for groups the kernel updates, every declared scalar in ``step``'s
-        dtype: torch.optim's load_state_dict casts all state but ``step`` to the parameter's
-        dtype, so a loaded ``mu_product`` of a bfloat16 or float64 parameter would differ from
-        ``step``, and the kernel (which takes one scalar dtype) would refuse the parameter.
-        ``fused=False`` groups keep torch's cast, for bit parity with torch.optim."""
-        super()._convert_state(param, group, state)
-        step = state.get("step")
-        if group["fused"] is False or group["differentiable"] or not isinstance(step, Tensor):
-            return
-        for item in scalars(self.declared_state):
-            value = state.get(item.name)
-            if isinstance(value, Tensor) and value.dtype != step.dtype:
-                state[item.name] = value.to(step.dtype)
 
     def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
