@@ -331,9 +331,9 @@ class BaseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
     def _convert_state(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """Keep ``param``'s buffers in the format its group's ``state_dtype`` asks for, and,
         where the kernel may update it, every scalar in the first one's dtype: torch.optim's
-        ``load_state_dict`` casts all state but ``step`` to the parameter's dtype (NAdam's
-        ``mu_product`` of a float64 parameter would become float64), and a kernel call takes
-        one scalar dtype. ``fused=False`` keeps torch's cast, as torch.optim does."""
+        ``load_state_dict`` casts all state but ``step`` to the parameter's dtype (a second
+        scalar of a float64 parameter would become float64), and a kernel call takes one
+        scalar dtype. ``fused=False`` keeps torch's cast, as torch.optim does."""
         target = state_format(param, group["state_dtype"])
         for key in self.state_buffers:
             convert_buffer(state, key, target, signed=key not in self.non_negative_state)

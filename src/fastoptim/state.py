@@ -42,8 +42,8 @@ StateFormat = torch.dtype | str
 
 @dataclass(frozen=True)
 class Scalar:
-    """A per-parameter 0-d float tensor (``step``, NAdam's ``mu_product``), made as torch.optim
-    makes ``step``; it starts at ``initial``. Never compacted."""
+    """A per-parameter 0-d float tensor (``step``, a running product of momentum coefficients,
+    ...), made as torch.optim makes ``step``; it starts at ``initial``. Never compacted."""
 
     name: str
     initial: float = 0.0
