@@ -4,7 +4,7 @@ from typing import Any
 
 import torch
 
-import fastoptim
+from fastoptim import catalog
 
 SHAPES = [(), (7,), (4, 5), "non-contiguous"]
 STEPS = 20
@@ -64,20 +64,22 @@ def make_pair(
     seed: int = 0,
     ours_only: dict[str, Any] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """The same parameters in a fastoptim and a torch.optim optimizer, two groups if asked.
+    """The same parameters in a fastoptim optimizer and its reference (torch.optim's class, from
+    the catalog), two groups if asked.
 
     ``ours_only`` adds options given to the fastoptim optimizer alone; it runs the bit-exact
     reference path (``fused=False``) unless they say otherwise.
     """
+    entry = catalog.info(name)
     base = make_params(dtype, seed)
     optimizers = []
-    for module, extra in ((fastoptim, {"fused": False, **(ours_only or {})}), (torch.optim, {})):
+    for cls, extra in ((entry.cls, {"fused": False, **(ours_only or {})}), (entry.torch_cls, {})):
         params = leaf_copies(base)
         if second_group is None:
             groups: Any = params
         else:
             groups = [{"params": params[:2]}, {"params": params[2:], **second_group}]
-        optimizers.append(getattr(module, name)(groups, **options, **extra))
+        optimizers.append(cls(groups, **options, **extra))
     return optimizers[0], optimizers[1]
 
 
