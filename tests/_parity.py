@@ -3,8 +3,7 @@
 from typing import Any
 
 import torch
-
-from fastoptim import catalog
+from optim_db import DB
 
 SHAPES = [(), (7,), (4, 5), "non-contiguous"]
 STEPS = 20
@@ -64,16 +63,16 @@ def make_pair(
     seed: int = 0,
     ours_only: dict[str, Any] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """The same parameters in a fastoptim optimizer and its reference (torch.optim's class, from
-    the catalog), two groups if asked.
+    """The same parameters in a fastoptim optimizer and its reference (``optim_db``: torch.optim's
+    class unless the case names another), two groups if asked.
 
     ``ours_only`` adds options given to the fastoptim optimizer alone; it runs the bit-exact
     reference path (``fused=False``) unless they say otherwise.
     """
-    entry = catalog.info(name)
+    case = DB[name]
     base = make_params(dtype, seed)
     optimizers = []
-    for cls, extra in ((entry.cls, {"fused": False, **(ours_only or {})}), (entry.torch_cls, {})):
+    for cls, extra in ((case.cls, {"fused": False, **(ours_only or {})}), (case.reference, {})):
         params = leaf_copies(base)
         if second_group is None:
             groups: Any = params

@@ -82,6 +82,10 @@ class OptimizerCase:
       ``torch_foreach_refuses_differentiable``: torch's foreach implementation raises at a
       differentiable step (fastoptim steps).
 
+    The reference: ``torch_cls`` (the catalog's) unless ``reference_cls`` names another (for
+    optimizers torch lacks: the class of their reference package); tests compare with
+    ``reference``.
+
     Which state buffers exist and which are non-negative is the class's own
     (``cls.state_buffers``, ``cls.non_negative_state``).
     """
@@ -105,6 +109,7 @@ class OptimizerCase:
     lr_gradient_options: list[dict[str, Any]] = field(default_factory=list)
     compact_options: dict[str, Any] = field(default_factory=lambda: {"lr": 0.01})
     digits_options: dict[str, Any] = field(default_factory=lambda: {"lr": 1e-3})
+    reference_cls: type[torch.optim.Optimizer] | None = None
     tensor_betas: bool = False
     capturable_like_torch: bool = False
     torch_foreach_refuses_differentiable: bool = True
@@ -119,8 +124,14 @@ class OptimizerCase:
 
     @property
     def torch_cls(self) -> type[torch.optim.Optimizer] | None:
-        """The reference the tests compare with: torch.optim's class (from the catalog)."""
+        """torch.optim's class of the same algorithm (from the catalog), None if torch has none."""
         return self.entry.torch_cls
+
+    @property
+    def reference(self) -> type[torch.optim.Optimizer] | None:
+        """The class the tests compare with: ``reference_cls`` if given (an optimizer torch
+        lacks, against its reference package), else torch.optim's."""
+        return self.reference_cls or self.torch_cls
 
 
 def sgd_grid() -> list[dict[str, Any]]:

@@ -65,7 +65,7 @@ def test_bad_hyperparameters_raise_like_torch(case: OptimizerCase, error_input: 
         with pytest.raises(error_input.error, match=error_input.match):
             case.cls([param], **options)
         return
-    expected = raised_by(lambda: case.torch_cls([param], **options))
+    expected = raised_by(lambda: case.reference([param], **options))
     actual = raised_by(lambda: case.cls([param], **options))
     assert type(actual) is type(expected)
     assert str(actual) == str(expected)
@@ -83,7 +83,7 @@ def test_fused_flag_conflicts_raise_as_in_torchs_fused_optimizers(case: Optimize
 
 @pytest.mark.parametrize("case", each())
 def test_bad_params_raise_like_torch(case: OptimizerCase) -> None:
-    ours, theirs = case.cls, case.torch_cls
+    ours, theirs = case.cls, case.reference
     param = torch.zeros(3, requires_grad=True)
     for params in ([], param, [{"params": [param]}, {"params": [param]}], [1.0]):
         expected = raised_by(lambda params=params: theirs(params))
@@ -94,7 +94,7 @@ def test_bad_params_raise_like_torch(case: OptimizerCase) -> None:
 @pytest.mark.parametrize("case", each(lambda case: case.capturable_like_torch))
 def test_capturable_on_cpu_raises_like_torch(case: OptimizerCase) -> None:
     results = []
-    for cls in (case.cls, case.torch_cls):
+    for cls in (case.cls, case.reference):
         param = torch.zeros(3, requires_grad=True)
         param.grad = torch.ones(3)
         results.append(raised_by(cls([param], capturable=True).step))
@@ -119,7 +119,7 @@ def test_foreach_with_differentiable_steps_where_torchs_foreach_refuses(
     case: OptimizerCase,
 ) -> None:
     """As the README says: on the CPU ``foreach=True`` picks no other implementation."""
-    ours, theirs = case.cls, case.torch_cls
+    ours, theirs = case.cls, case.reference
     leaf = torch.randn(4, requires_grad=True)
     params = []
     for _ in range(2):
@@ -210,7 +210,7 @@ def test_sparse_gradients_match_torch(case: OptimizerCase, options: dict) -> Non
     start = torch.randn(6, 3, dtype=torch.float64)
     ours_param, torch_param = leaf_copies([start, start])
     ours = case.cls([ours_param], **options)
-    theirs = case.torch_cls([torch_param], **options)
+    theirs = case.reference([torch_param], **options)
     for _ in range(10):
         grad = sparse_grad(6, generator)
         ours_param.grad, torch_param.grad = grad.clone(), grad.clone()
@@ -222,7 +222,7 @@ def test_sparse_gradients_match_torch(case: OptimizerCase, options: dict) -> Non
 @pytest.mark.parametrize("case", each())
 def test_unsupported_sparse_gradients_raise_like_torch(case: OptimizerCase) -> None:
     errors = []
-    for cls in (case.cls, case.torch_cls):
+    for cls in (case.cls, case.reference):
         param = torch.zeros(6, 3, dtype=torch.float64, requires_grad=True)
         param.grad = sparse_grad(6, torch.Generator().manual_seed(0))
         errors.append(raised_by(cls([param], **case.sparse_refused_options).step))
@@ -285,7 +285,7 @@ def test_differentiable_step_passes_gradcheck_and_matches_torch(
     case: OptimizerCase, options: dict
 ) -> None:
     """Gradients flow to the parameter, the gradient and every state tensor."""
-    ours_cls, torch_cls = case.cls, case.torch_cls
+    ours_cls, torch_cls = case.cls, case.reference
     keys = state_keys(ours_cls, options)
     assert keys == state_keys(torch_cls, options)
     generator = torch.Generator().manual_seed(0)

@@ -465,7 +465,7 @@ def test_a_resumed_run_rounds_as_an_uninterrupted_one(state_dtype) -> None:
 @pytest.mark.parametrize("case", each())
 def test_full_precision_state_converts_on_load(case: OptimizerCase) -> None:
     params = [torch.randn(64, 128, requires_grad=True)]
-    theirs = case.torch_cls(params, **case.compact_options)
+    theirs = case.reference(params, **case.compact_options)
     params[0].grad = torch.randn(64, 128)
     theirs.step()
     torch_state = theirs.state[params[0]]
@@ -489,7 +489,7 @@ def test_full_precision_state_dict_is_loadable_by_torch(case: OptimizerCase) -> 
     compact = trained(case, "int8")
     converted = fastoptim.full_precision_state_dict(round_trip(compact.state_dict()))
     params = [p.detach().clone().requires_grad_() for p in compact.param_groups[0]["params"]]
-    theirs = case.torch_cls(params, **case.compact_options)
+    theirs = case.reference(params, **case.compact_options)
     theirs.load_state_dict(converted)
     for param_id, state in enumerate(compact.state.values()):
         loaded = theirs.state[params[param_id]]

@@ -149,7 +149,7 @@ def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("case", each())
 def test_stochastic_weight_averaging(case: OptimizerCase) -> None:
     results = []
-    for cls, extra in ((case.cls, {"fused": False}), (case.torch_cls, {})):
+    for cls, extra in ((case.cls, {"fused": False}), (case.reference, {})):
         model = small_model()
         optimizer = cls(model.parameters(), **case.ecosystem_options, **extra)
         averaged = swa_utils.AveragedModel(model)
@@ -202,7 +202,7 @@ def amp_run(
 @pytest.mark.parametrize("case", each())
 def test_grad_scaler_with_float16_autocast(case: OptimizerCase) -> None:
     ours, our_opt, our_scales = amp_run(case.cls, case, {"fused": False}, torch.float16, True)
-    theirs, their_opt, their_scales = amp_run(case.torch_cls, case, {}, torch.float16, True)
+    theirs, their_opt, their_scales = amp_run(case.reference, case, {}, torch.float16, True)
     assert our_scales == their_scales
     assert our_scales[4] < our_scales[3]  # the overflowing step was found and skipped
     for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
@@ -217,7 +217,7 @@ def test_grad_scaler_with_float16_autocast(case: OptimizerCase) -> None:
 @pytest.mark.parametrize("case", each())
 def test_bfloat16_autocast(case: OptimizerCase) -> None:
     ours, our_opt, _ = amp_run(case.cls, case, {"fused": False}, torch.bfloat16, False)
-    theirs, their_opt, _ = amp_run(case.torch_cls, case, {}, torch.bfloat16, False)
+    theirs, their_opt, _ = amp_run(case.reference, case, {}, torch.bfloat16, False)
     for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert p.dtype == torch.float32 and torch.equal(p, q)
     assert_same_state(our_opt, their_opt)

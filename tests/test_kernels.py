@@ -263,7 +263,7 @@ def scaled_training(
 @pytest.mark.parametrize("case", each())
 def test_grad_scaler_unscales_inside_the_step_like_torch(case: OptimizerCase) -> None:
     options = case.kernel_options
-    theirs, _, their_scales = scaled_training(case.torch_cls, options)
+    theirs, _, their_scales = scaled_training(case.reference, options)
     for fused, rtol in ((False, 0.0), (None, 1e-5)):
         ours, optimizer, our_scales = scaled_training(case.cls, {**options, "fused": fused})
         assert optimizer._step_supports_amp_scaling

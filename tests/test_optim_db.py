@@ -47,5 +47,5 @@ def test_every_option_set_builds_the_optimizer(case: OptimizerCase) -> None:
 def test_errors_without_a_reference_state_theirs(case: OptimizerCase) -> None:
     """An error input compared with the reference needs one; every type error is stated."""
     for error_input in case.error_inputs:
-        assert error_input.error is not None or case.torch_cls is not None
+        assert error_input.error is not None or case.reference is not None
     assert all(error_input.error is TypeError for error_input in case.type_errors)
