@@ -15,23 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from optim_db import DB, NAMES
 from torch import nn
-
-import fastoptim
-from fastoptim import catalog
-
-NAMES = catalog.NAMES
-
-# Options per optimizer: lrs of a sensible size, and the state-carrying options on.
-OPTIONS: dict[str, dict[str, Any]] = {
-    "SGD": {"lr": 0.05, "momentum": 0.9},
-    "Adam": {"lr": 1e-3},
-    "AdamW": {"lr": 1e-3},
-    "Adagrad": {"lr": 0.01},
-    "Adadelta": {"lr": 1.0},
-    "Adamax": {"lr": 2e-3},
-    "RMSprop": {"lr": 1e-3, "momentum": 0.5},
-}
 
 GLOBAL_BATCH = 16
 
@@ -101,10 +86,16 @@ def train_steps(
         optimizer.step()
 
 
+def optimizer_of(name: str, model: nn.Module, **options: Any) -> torch.optim.Optimizer:
+    """Optimizer ``name`` on ``model`` with its distributed options (and ``options``)."""
+    case = DB[name]
+    return case.cls(model.parameters(), **{**case.distributed_options, **options})
+
+
 def single_process(name: str, steps: int, **options: Any) -> dict[str, torch.Tensor]:
     """The parameters after ``steps`` steps of full-batch training in this process."""
     model = make_model()
-    optimizer = getattr(fastoptim, name)(model.parameters(), **{**OPTIONS[name], **options})
+    optimizer = optimizer_of(name, model, **options)
     train_steps(model, optimizer, range(steps))
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
@@ -125,7 +116,7 @@ def ddp_worker(rank: int, world_size: int, out: Path, steps: int) -> None:
     for name in NAMES:
         model = make_model()
         wrapped = DistributedDataParallel(model)
-        optimizer = getattr(fastoptim, name)(model.parameters(), fused=True, **OPTIONS[name])
+        optimizer = optimizer_of(name, model, fused=True)
         train_steps(wrapped, optimizer, range(steps), rank, world_size)
         if rank == 0:
             torch.save(full_state(model), out / f"ddp-{name}.pt")
@@ -140,17 +131,15 @@ def zero_worker(rank: int, world_size: int, out: Path, steps: int) -> None:
     for name in NAMES:
         model = make_model()
         wrapped = DistributedDataParallel(model)
-        cls = getattr(fastoptim, name)
-        optimizer = ZeroRedundancyOptimizer(
-            model.parameters(), optimizer_class=cls, **OPTIONS[name]
-        )
+        cls, options = DB[name].cls, DB[name].distributed_options
+        optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=cls, **options)
         train_steps(wrapped, optimizer, range(steps), rank, world_size)
         optimizer.consolidate_state_dict(to=0)
         path = out / f"zero-{name}-state.pt"
         if rank == 0:
             torch.save(optimizer.state_dict(), path)
         dist.barrier()
-        resumed = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=cls, **OPTIONS[name])
+        resumed = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=cls, **options)
         resumed.load_state_dict(torch.load(path, weights_only=True))
         train_steps(wrapped, resumed, range(steps, 2 * steps), rank, world_size)
         if rank == 0:
@@ -166,7 +155,7 @@ def fsdp_worker(rank: int, world_size: int, out: Path, steps: int, options: dict
         for layer in (model[0], model[2]):
             fully_shard(layer)
         fully_shard(model)
-        optimizer = getattr(fastoptim, name)(model.parameters(), **{**OPTIONS[name], **options})
+        optimizer = optimizer_of(name, model, **options)
         train_steps(model, optimizer, range(steps), rank, world_size)
         weight = model[0].weight
         state = optimizer.state[weight]
@@ -229,7 +218,7 @@ def dcp_train(
     for layer in (model[0], model[2]):
         fully_shard(layer)
     fully_shard(model)
-    optimizer = getattr(fastoptim, name)(model.parameters(), **{**OPTIONS[name], **options})
+    optimizer = optimizer_of(name, model, **options)
     if load_from is not None:
         state = {
             "model": get_model_state_dict(model),

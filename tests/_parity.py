@@ -3,8 +3,7 @@
 from typing import Any
 
 import torch
-
-import fastoptim
+from optim_db import DB
 
 SHAPES = [(), (7,), (4, 5), "non-contiguous"]
 STEPS = 20
@@ -64,20 +63,22 @@ def make_pair(
     seed: int = 0,
     ours_only: dict[str, Any] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """The same parameters in a fastoptim and a torch.optim optimizer, two groups if asked.
+    """The same parameters in a fastoptim optimizer and its reference (``optim_db``: torch.optim's
+    class unless the case names another), two groups if asked.
 
     ``ours_only`` adds options given to the fastoptim optimizer alone; it runs the bit-exact
     reference path (``fused=False``) unless they say otherwise.
     """
+    case = DB[name]
     base = make_params(dtype, seed)
     optimizers = []
-    for module, extra in ((fastoptim, {"fused": False, **(ours_only or {})}), (torch.optim, {})):
+    for cls, extra in ((case.cls, {"fused": False, **(ours_only or {})}), (case.reference, {})):
         params = leaf_copies(base)
         if second_group is None:
             groups: Any = params
         else:
             groups = [{"params": params[:2]}, {"params": params[2:], **second_group}]
-        optimizers.append(getattr(module, name)(groups, **options, **extra))
+        optimizers.append(cls(groups, **options, **extra))
     return optimizers[0], optimizers[1]
 
 

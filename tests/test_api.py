@@ -8,42 +8,32 @@ from typing import Any
 import pytest
 import torch
 from _parity import assert_same_state, leaf_copies, make_pair, step_pair
+from optim_db import ErrorInput, OptimizerCase, each, each_option
 
 import fastoptim
 from fastoptim import catalog
 
-NAMES = catalog.NAMES
 WITHOUT_TORCH_FUSED = [entry.name for entry in catalog.OPTIMIZERS if not entry.torch_fused]
-
-# One rich option set per optimizer, used where a single configuration suffices.
-RICH_OPTIONS: dict[str, dict[str, Any]] = {
-    "SGD": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.1, "nesterov": True},
-    "Adam": {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1},
-    "AdamW": {"lr": 0.01, "amsgrad": True},
-    "Adagrad": {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1},
-    "Adadelta": {"lr": 0.5, "rho": 0.8, "weight_decay": 0.1},
-    "Adamax": {"lr": 0.02, "weight_decay": 0.1},
-    "RMSprop": {"lr": 0.01, "momentum": 0.9, "centered": True},
-}
 
 
 def ours_and_torch(name: str) -> tuple[type, type]:
-    return getattr(fastoptim, name), getattr(torch.optim, name)
+    entry = catalog.info(name)
+    return entry.cls, entry.torch_cls
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_is_a_torch_optimizer_and_not_torchs_class(name: str) -> None:
-    ours, theirs = ours_and_torch(name)
+@pytest.mark.parametrize("case", each())
+def test_is_a_torch_optimizer_and_not_torchs_class(case: OptimizerCase) -> None:
+    ours, theirs = case.cls, case.torch_cls
     assert issubclass(ours, torch.optim.Optimizer)
     assert not issubclass(ours, theirs)
     assert isinstance(ours([torch.zeros(2, requires_grad=True)]), torch.optim.Optimizer)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_signature_matches_torch(name: str) -> None:
+@pytest.mark.parametrize("case", each())
+def test_signature_matches_torch(case: OptimizerCase) -> None:
     """Same names, order, kinds, defaults and annotations; fastoptim's own keyword-only
     options come last: ``fused`` where torch has none, then the compact-state options."""
-    ours, theirs = (inspect.signature(cls.__init__).parameters for cls in ours_and_torch(name))
+    ours, theirs = (inspect.signature(c.__init__).parameters for c in (case.cls, case.torch_cls))
     assert [n for n in ours if n in theirs] == list(theirs)
     for parameter_name, expected in theirs.items():
         actual = ours[parameter_name]
@@ -54,62 +44,10 @@ def test_signature_matches_torch(name: str) -> None:
         ), parameter_name
     added = [n for n in ours if n not in theirs]
     ours_only = ["state_dtype", "stochastic_rounding", "nonfinite"]
-    assert added == (["fused"] if name in WITHOUT_TORCH_FUSED else []) + ours_only
+    assert added == (["fused"] if case.name in WITHOUT_TORCH_FUSED else []) + ours_only
     assert list(ours)[-len(added) :] == added
     assert all(ours[n].kind is inspect.Parameter.KEYWORD_ONLY for n in added)
     assert all(ours[n].default is None for n in added)
-
-
-BAD_HYPERPARAMETERS = [
-    ("SGD", {"lr": -0.1}),
-    ("SGD", {"lr": 0.1, "momentum": -0.5}),
-    ("SGD", {"lr": 0.1, "weight_decay": -1e-3}),
-    ("SGD", {"lr": 0.1, "nesterov": True}),
-    ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True}),
-    ("SGD", {"lr": torch.tensor([0.1, 0.2])}),
-    ("SGD", {"lr": 0.1, "fused": True, "differentiable": True}),
-    ("SGD", {"lr": 0.1, "fused": True, "foreach": True}),
-    ("Adam", {"lr": -1.0}),
-    ("Adam", {"eps": -1e-8}),
-    ("Adam", {"betas": (1.0, 0.999)}),
-    ("Adam", {"betas": (0.9, 1.0)}),
-    ("Adam", {"betas": (-0.1, 0.999)}),
-    ("Adam", {"weight_decay": -0.1}),
-    ("Adam", {"betas": (0.9, torch.tensor(0.999))}),
-    ("Adam", {"betas": (torch.tensor([0.9, 0.8]), torch.tensor(0.999))}),
-    ("Adam", {"betas": (torch.tensor(0.9), torch.tensor(0.999)), "foreach": True}),
-    ("Adam", {"lr": torch.tensor(0.01), "foreach": True}),
-    ("Adam", {"lr": torch.tensor([0.01, 0.02])}),
-    ("Adam", {"fused": True, "differentiable": True}),
-    ("Adam", {"fused": True, "foreach": True}),
-    ("AdamW", {"lr": -1.0}),
-    ("AdamW", {"betas": (0.9, 1.5)}),
-    ("AdamW", {"weight_decay": -1.0}),
-    ("AdamW", {"fused": True, "differentiable": True}),
-    ("Adagrad", {"lr": -0.1}),
-    ("Adagrad", {"lr_decay": -0.1}),
-    ("Adagrad", {"weight_decay": -0.1}),
-    ("Adagrad", {"initial_accumulator_value": -0.1}),
-    ("Adagrad", {"eps": -0.1}),
-    ("Adagrad", {"fused": True, "differentiable": True}),
-    ("Adagrad", {"fused": True, "foreach": True}),
-    ("Adadelta", {"lr": -0.1}),
-    ("Adadelta", {"rho": 1.1}),
-    ("Adadelta", {"rho": -0.1}),
-    ("Adadelta", {"eps": -0.1}),
-    ("Adadelta", {"weight_decay": -0.1}),
-    ("Adadelta", {"lr": torch.tensor([1.0, 2.0])}),
-    ("Adamax", {"lr": -0.1}),
-    ("Adamax", {"eps": -0.1}),
-    ("Adamax", {"betas": (1.0, 0.9)}),
-    ("Adamax", {"betas": (0.9, -0.9)}),
-    ("Adamax", {"weight_decay": -0.1}),
-    ("RMSprop", {"lr": -0.1}),
-    ("RMSprop", {"eps": -0.1}),
-    ("RMSprop", {"momentum": -0.1}),
-    ("RMSprop", {"weight_decay": -0.1}),
-    ("RMSprop", {"alpha": -0.1}),
-]
 
 
 def raised_by(make: Any) -> BaseException:
@@ -118,19 +56,24 @@ def raised_by(make: Any) -> BaseException:
     return caught.value
 
 
-@pytest.mark.parametrize(("name", "options"), BAD_HYPERPARAMETERS)
-def test_bad_hyperparameters_raise_like_torch(name: str, options: dict) -> None:
-    ours, theirs = ours_and_torch(name)
+@pytest.mark.parametrize(("case", "error_input"), each_option("error_inputs"))
+def test_bad_hyperparameters_raise_like_torch(case: OptimizerCase, error_input: ErrorInput) -> None:
+    """As the reference raises them (same type, same message), or as the case states."""
     param = torch.zeros(3, requires_grad=True)
-    expected = raised_by(lambda: theirs([param], **options))
-    actual = raised_by(lambda: ours([param], **options))
+    options = error_input.options
+    if error_input.error is not None:
+        with pytest.raises(error_input.error, match=error_input.match):
+            case.cls([param], **options)
+        return
+    expected = raised_by(lambda: case.reference([param], **options))
+    actual = raised_by(lambda: case.cls([param], **options))
     assert type(actual) is type(expected)
     assert str(actual) == str(expected)
 
 
-@pytest.mark.parametrize("name", WITHOUT_TORCH_FUSED)
-def test_fused_flag_conflicts_raise_as_in_torchs_fused_optimizers(name: str) -> None:
-    cls = getattr(fastoptim, name)
+@pytest.mark.parametrize("case", each(lambda case: case.name in WITHOUT_TORCH_FUSED))
+def test_fused_flag_conflicts_raise_as_in_torchs_fused_optimizers(case: OptimizerCase) -> None:
+    cls = case.cls
     param = torch.zeros(3, requires_grad=True)
     with pytest.raises(RuntimeError, match=r"^`fused` does not support `differentiable`$"):
         cls([param], fused=True, differentiable=True)
@@ -138,9 +81,9 @@ def test_fused_flag_conflicts_raise_as_in_torchs_fused_optimizers(name: str) -> 
         cls([param], fused=True, foreach=True)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_bad_params_raise_like_torch(name: str) -> None:
-    ours, theirs = ours_and_torch(name)
+@pytest.mark.parametrize("case", each())
+def test_bad_params_raise_like_torch(case: OptimizerCase) -> None:
+    ours, theirs = case.cls, case.reference
     param = torch.zeros(3, requires_grad=True)
     for params in ([], param, [{"params": [param]}, {"params": [param]}], [1.0]):
         expected = raised_by(lambda params=params: theirs(params))
@@ -148,10 +91,10 @@ def test_bad_params_raise_like_torch(name: str) -> None:
         assert (type(actual), str(actual)) == (type(expected), str(expected))
 
 
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "Adamax", "RMSprop"])
-def test_capturable_on_cpu_raises_like_torch(name: str) -> None:
+@pytest.mark.parametrize("case", each(lambda case: case.capturable_like_torch))
+def test_capturable_on_cpu_raises_like_torch(case: OptimizerCase) -> None:
     results = []
-    for cls in ours_and_torch(name):
+    for cls in (case.cls, case.reference):
         param = torch.zeros(3, requires_grad=True)
         param.grad = torch.ones(3)
         results.append(raised_by(cls([param], capturable=True).step))
@@ -171,12 +114,14 @@ def test_adadeltas_capturable_refusal_names_xla_where_torchs_does_not() -> None:
     assert str(actual) == str(expected).replace("'privateuseone']", "'privateuseone', 'xla']")
 
 
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "RMSprop"])
-def test_foreach_with_differentiable_is_refused_at_the_step_like_torch(name: str) -> None:
+@pytest.mark.parametrize("case", each(lambda case: case.torch_foreach_refuses_differentiable))
+def test_foreach_with_differentiable_is_refused_at_the_step_like_torch(
+    case: OptimizerCase,
+) -> None:
     """Without the kernel, torch's own implementation runs as the group asks (foreach
     included), so its refusal is torch's."""
     refusals = []
-    for cls in ours_and_torch(name):
+    for cls in (case.cls, case.reference):
         param = torch.randn(4, requires_grad=True) * 1.0
         param.grad = torch.ones(4)
         refusal = raised_by(cls([param], foreach=True, differentiable=True).step)
@@ -184,9 +129,9 @@ def test_foreach_with_differentiable_is_refused_at_the_step_like_torch(name: str
     assert refusals[0] == refusals[1] == (AssertionError, "_foreach ops don't support autograd")
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_step_returns_the_closure_loss_and_updates_like_torch(name: str) -> None:
-    ours, theirs = make_pair(name, RICH_OPTIONS[name], torch.float32)
+@pytest.mark.parametrize("case", each())
+def test_step_returns_the_closure_loss_and_updates_like_torch(case: OptimizerCase) -> None:
+    ours, theirs = make_pair(case.name, case.rich_options, torch.float32)
     losses = []
     for optimizer in (ours, theirs):
         params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -202,10 +147,12 @@ def test_step_returns_the_closure_loss_and_updates_like_torch(name: str) -> None
     assert_same_state(ours, theirs)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", each())
 @pytest.mark.parametrize("direction", ["torch-to-fastoptim", "fastoptim-to-torch"])
-def test_state_dict_cross_loading_continues_identically(name: str, direction: str) -> None:
-    ours, theirs = make_pair(name, RICH_OPTIONS[name], torch.float32, {"lr": 0.002})
+def test_state_dict_cross_loading_continues_identically(
+    case: OptimizerCase, direction: str
+) -> None:
+    ours, theirs = make_pair(case.name, case.rich_options, torch.float32, {"lr": 0.002})
     step_pair(ours, theirs, steps=10)
     source, continued = (theirs, ours) if direction == "torch-to-fastoptim" else (ours, theirs)
     buffer = io.BytesIO()
@@ -216,7 +163,7 @@ def test_state_dict_cross_loading_continues_identically(name: str, direction: st
     target_cls = type(continued)
     params = leaf_copies([p.detach() for group in source.param_groups for p in group["params"]])
     groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.002}]
-    target = target_cls(groups, **RICH_OPTIONS[name])
+    target = target_cls(groups, **case.rich_options)
     target.load_state_dict(saved)
     if direction == "torch-to-fastoptim":  # the loaded groups say fused=None: take the reference
         for group in target.param_groups:
@@ -226,9 +173,9 @@ def test_state_dict_cross_loading_continues_identically(name: str, direction: st
     step_pair(*pair, steps=10, seed=7)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_pickled_optimizer_keeps_its_state(name: str) -> None:
-    ours, theirs = make_pair(name, RICH_OPTIONS[name], torch.float64)
+@pytest.mark.parametrize("case", each())
+def test_pickled_optimizer_keeps_its_state(case: OptimizerCase) -> None:
+    ours, theirs = make_pair(case.name, case.rich_options, torch.float64)
     step_pair(ours, theirs, steps=3)
     clone = copy.deepcopy(ours)
     assert clone.state_dict()["param_groups"] == ours.state_dict()["param_groups"]
@@ -254,22 +201,13 @@ def sparse_grad(rows: int, generator: torch.Generator) -> torch.Tensor:
     return torch.sparse_coo_tensor(indices, values, (rows, 3), check_invariants=True)
 
 
-@pytest.mark.parametrize(
-    ("name", "options"),
-    [
-        ("SGD", {"lr": 0.1}),
-        ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.2}),
-        ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "maximize": True}),
-        ("Adagrad", {"lr": 0.1}),
-        ("Adagrad", {"lr": 0.1, "lr_decay": 0.05, "maximize": True}),
-    ],
-)
-def test_sparse_gradients_match_torch(name: str, options: dict) -> None:
+@pytest.mark.parametrize(("case", "options"), each_option("sparse_options"))
+def test_sparse_gradients_match_torch(case: OptimizerCase, options: dict) -> None:
     generator = torch.Generator().manual_seed(3)
     start = torch.randn(6, 3, dtype=torch.float64)
     ours_param, torch_param = leaf_copies([start, start])
-    ours = getattr(fastoptim, name)([ours_param], **options)
-    theirs = getattr(torch.optim, name)([torch_param], **options)
+    ours = case.cls([ours_param], **options)
+    theirs = case.reference([torch_param], **options)
     for _ in range(10):
         grad = sparse_grad(6, generator)
         ours_param.grad, torch_param.grad = grad.clone(), grad.clone()
@@ -278,57 +216,41 @@ def test_sparse_gradients_match_torch(name: str, options: dict) -> None:
         assert_same_state(ours, theirs)
 
 
-@pytest.mark.parametrize(
-    ("name", "options"),
-    [
-        ("SGD", {"lr": 0.1, "weight_decay": 0.1}),
-        ("Adagrad", {"weight_decay": 0.1}),
-        *[(name, {}) for name in ["Adam", "AdamW", "Adadelta", "Adamax", "RMSprop"]],
-    ],
-)
-def test_unsupported_sparse_gradients_raise_like_torch(name: str, options: dict) -> None:
+@pytest.mark.parametrize("case", each())
+def test_unsupported_sparse_gradients_raise_like_torch(case: OptimizerCase) -> None:
     errors = []
-    for cls in ours_and_torch(name):
+    for cls in (case.cls, case.reference):
         param = torch.zeros(6, 3, dtype=torch.float64, requires_grad=True)
         param.grad = sparse_grad(6, torch.Generator().manual_seed(0))
-        errors.append(raised_by(cls([param], **options).step))
+        errors.append(raised_by(cls([param], **case.sparse_refused_options).step))
     actual, expected = errors
     assert (type(actual), str(actual)) == (type(expected), str(expected))
 
 
-DIFFERENTIABLE_CASES = [
-    ("SGD", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.1, "nesterov": True}),
-    ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.3, "maximize": True}),
-    ("Adam", {"lr": 0.1, "weight_decay": 0.1}),
-    ("Adam", {"lr": 0.1, "amsgrad": True, "maximize": True}),
-    ("AdamW", {"lr": 0.1, "amsgrad": True}),
-    ("Adagrad", {"lr": 0.1, "lr_decay": 0.1, "weight_decay": 0.1}),
-    ("Adadelta", {"lr": 0.5, "weight_decay": 0.1}),
-    ("Adamax", {"lr": 0.1, "weight_decay": 0.1}),
-    ("RMSprop", {"lr": 0.1, "weight_decay": 0.1}),
-    ("RMSprop", {"lr": 0.1, "momentum": 0.9, "centered": True}),
-]
-
-
-POSITIVE_STATE = {"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta", "exp_inf"}
-
-
-def state_keys(cls: type, options: dict) -> list[str]:
-    """The tensor state keys (besides ``step``) that one step of ``cls`` creates."""
+def first_state(cls: type, options: dict) -> dict[str, Any]:
+    """The state that one step of ``cls`` creates for a parameter."""
     probe = torch.zeros(2, requires_grad=True)
     optimizer = cls([probe], **options)
     probe.grad = torch.ones(2)
     optimizer.step()
-    return [key for key in optimizer.state[probe] if key != "step"]
+    return optimizer.state[probe]
 
 
-def random_state(keys: list[str], shape: tuple[int, ...], seed: int) -> list[torch.Tensor]:
-    """State values that keep every square root real: squared averages >= 0.5, |grad_avg| small."""
+def state_keys(cls: type, options: dict) -> list[str]:
+    """The tensor state keys (besides ``step``) that one step of ``cls`` creates."""
+    return [key for key in first_state(cls, options) if key != "step"]
+
+
+def random_state(
+    keys: list[str], non_negative: frozenset[str], shape: tuple[int, ...], seed: int
+) -> list[torch.Tensor]:
+    """State values that keep every square root real: the non-negative buffers (squared
+    averages) >= 0.5, |grad_avg| small."""
     generator = torch.Generator().manual_seed(seed)
     values = []
     for key in keys:
         value = torch.randn(shape, generator=generator, dtype=torch.float64)
-        if key in POSITIVE_STATE:
+        if key in non_negative:
             value = value.abs() + 0.5
         elif key == "grad_avg":
             value = value * 0.1
@@ -336,8 +258,9 @@ def random_state(keys: list[str], shape: tuple[int, ...], seed: int) -> list[tor
     return values
 
 
-def differentiable_step(cls: type, options: dict, keys: list[str]) -> Any:
-    """One differentiable step at step count 3, as a function of param, grad and state."""
+def differentiable_step(cls: type, options: dict, keys: list[str], counts_steps: bool) -> Any:
+    """One differentiable step at step count 3 (if the optimizer counts steps), as a function
+    of param, grad and state."""
 
     def run(param: torch.Tensor, grad: torch.Tensor, *state: torch.Tensor) -> tuple:
         stepped = param.clone()
@@ -345,7 +268,7 @@ def differentiable_step(cls: type, options: dict, keys: list[str]) -> Any:
         optimizer.state[stepped] = {
             key: value.clone() for key, value in zip(keys, state, strict=True)
         }
-        if cls.__name__ != "SGD":
+        if counts_steps:
             optimizer.state[stepped]["step"] = torch.tensor(3.0, dtype=torch.float64)
         stepped.grad = grad
         optimizer.step()
@@ -354,45 +277,48 @@ def differentiable_step(cls: type, options: dict, keys: list[str]) -> Any:
     return run
 
 
-@pytest.mark.parametrize(("name", "options"), DIFFERENTIABLE_CASES)
-def test_differentiable_step_passes_gradcheck_and_matches_torch(name: str, options: dict) -> None:
+@pytest.mark.parametrize(("case", "options"), each_option("differentiable_options"))
+def test_differentiable_step_passes_gradcheck_and_matches_torch(
+    case: OptimizerCase, options: dict
+) -> None:
     """Gradients flow to the parameter, the gradient and every state tensor."""
-    ours_cls, torch_cls = ours_and_torch(name)
+    ours_cls, torch_cls = case.cls, case.reference
     keys = state_keys(ours_cls, options)
     assert keys == state_keys(torch_cls, options)
     generator = torch.Generator().manual_seed(0)
     param = torch.randn(3, 2, generator=generator, dtype=torch.float64, requires_grad=True)
     grad = torch.randn(3, 2, generator=generator, dtype=torch.float64, requires_grad=True)
-    inputs = (param, grad, *random_state(keys, (3, 2), seed=1))
-    ours = differentiable_step(ours_cls, options, keys)
-    theirs = differentiable_step(torch_cls, options, keys)
+    inputs = (param, grad, *random_state(keys, ours_cls.non_negative_state, (3, 2), seed=1))
+    counts_steps = "step" in first_state(ours_cls, options)
+    ours = differentiable_step(ours_cls, options, keys, counts_steps)
+    theirs = differentiable_step(torch_cls, options, keys, counts_steps)
     for actual, expected in zip(ours(*inputs), theirs(*inputs), strict=True):
         assert torch.equal(actual, expected)
     assert torch.autograd.gradcheck(ours, inputs)
 
 
-@pytest.mark.parametrize(
-    ("name", "options"), [("SGD", {}), ("SGD", {"momentum": 0.9}), ("Adam", {})]
-)
-def test_gradient_flows_to_a_tensor_learning_rate(name: str, options: dict) -> None:
-    cls = getattr(fastoptim, name)
+@pytest.mark.parametrize(("case", "options"), each_option("lr_gradient_options"))
+def test_gradient_flows_to_a_tensor_learning_rate(case: OptimizerCase, options: dict) -> None:
+    cls = case.cls
     keys = state_keys(cls, {"lr": 0.1, **options})
+    counts_steps = "step" in first_state(cls, {"lr": 0.1, **options})
     generator = torch.Generator().manual_seed(0)
     param = torch.randn(4, generator=generator, dtype=torch.float64)
     grad = torch.randn(4, generator=generator, dtype=torch.float64)
-    state = [value.detach() for value in random_state(keys, (4,), seed=2)]
+    state = [value.detach() for value in random_state(keys, cls.non_negative_state, (4,), seed=2)]
 
     def run(lr: torch.Tensor) -> torch.Tensor:
-        return differentiable_step(cls, {"lr": lr, **options}, keys)(param, grad, *state)[0]
+        step = differentiable_step(cls, {"lr": lr, **options}, keys, counts_steps)
+        return step(param, grad, *state)[0]
 
     lr = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(run, (lr,))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_step_hooks_run(name: str) -> None:
+@pytest.mark.parametrize("case", each())
+def test_step_hooks_run(case: OptimizerCase) -> None:
     param = torch.zeros(2, requires_grad=True)
-    optimizer = getattr(fastoptim, name)([param], lr=0.1)
+    optimizer = case.cls([param], lr=0.1)
     calls = []
     optimizer.register_step_pre_hook(lambda opt, args, kwargs: calls.append("pre"))
     optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append("post"))
@@ -402,11 +328,11 @@ def test_step_hooks_run(name: str) -> None:
     assert not torch.equal(param, torch.zeros(2))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_nan_learning_rate_is_rejected(name: str) -> None:
+@pytest.mark.parametrize("case", each())
+def test_nan_learning_rate_is_rejected(case: OptimizerCase) -> None:
     param = torch.zeros(2, requires_grad=True)
     with pytest.raises(ValueError, match=r"^Invalid learning rate: nan$"):
-        getattr(fastoptim, name)([param], lr=float("nan"))
+        case.cls([param], lr=float("nan"))
 
 
 def test_rejected_step_changes_no_group() -> None:

@@ -132,7 +132,7 @@ def test_bench_writes_ratios_and_a_table(tmp_path, capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--optimizers", "adam,lion"], "unknown 'lion'; choose from SGD, Adam"),
+        (["--optimizers", "adam,nosuch"], "unknown 'nosuch'; choose from SGD, Adam"),
         (["--mix", "huge"], "unknown 'huge'; choose from transformer, many-small"),
         (["--repeats", "0"], "invalid value '0': expected a number > 0"),
         (["--scale", "-1"], "invalid value '-1': expected a number > 0"),

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 from numba import njit
+from optim_db import OptimizerCase, each
 from sklearn.datasets import load_digits
 
 import fastoptim
-from fastoptim import catalog
 from fastoptim.kernels.formats import (
     QBLOCK,
     _decode_code,
@@ -38,18 +38,8 @@ from fastoptim.kernels.formats import (
 )
 from fastoptim.state import dequantize_like, state_nbytes
 
-NAMES = catalog.NAMES
-OPTIONS = {
-    "SGD": {"lr": 0.01, "momentum": 0.9},
-    "Adam": {"lr": 1e-3, "amsgrad": True},
-    "RMSprop": {"lr": 0.01, "momentum": 0.9, "centered": True},
-}
 STATE_BOUND = {torch.bfloat16: 0.05, "int8": 0.5}
 COMPACT = [torch.bfloat16, "int8"]
-
-
-def options(name: str) -> dict:
-    return OPTIONS.get(name, {"lr": 0.01})
 
 
 def buffer(state: dict, key: str) -> torch.Tensor:
@@ -60,10 +50,10 @@ def buffer(state: dict, key: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("state_dtype", COMPACT, ids=["bf16", "int8"])
-@pytest.mark.parametrize("name", NAMES)
-def test_state_layout(name: str, state_dtype) -> None:
+@pytest.mark.parametrize("case", each())
+def test_state_layout(case: OptimizerCase, state_dtype) -> None:
     big, small = torch.randn(64, 100, requires_grad=True), torch.randn(10, requires_grad=True)
-    optimizer = getattr(fastoptim, name)([big, small], **options(name), state_dtype=state_dtype)
+    optimizer = case.cls([big, small], **case.compact_options, state_dtype=state_dtype)
     big.grad, small.grad = torch.randn(64, 100), torch.randn(10)
     optimizer.step()
     cls = type(optimizer)
@@ -150,14 +140,13 @@ def test_int8_adam_keeps_about_two_bytes_per_parameter() -> None:
 
 
 @pytest.mark.parametrize("state_dtype", COMPACT, ids=["bf16", "int8"])
-@pytest.mark.parametrize("name", NAMES)
-def test_compact_state_tracks_the_float32_state(name: str, state_dtype) -> None:
+@pytest.mark.parametrize("case", each())
+def test_compact_state_tracks_the_float32_state(case: OptimizerCase, state_dtype) -> None:
     torch.manual_seed(0)  # the rounding stream
     start = torch.randn(64, 256)
     compact, full = start.clone().requires_grad_(), start.clone().requires_grad_()
-    cls = getattr(fastoptim, name)
-    ours = cls([compact], **options(name), state_dtype=state_dtype)
-    reference = cls([full], **options(name))
+    ours = case.cls([compact], **case.compact_options, state_dtype=state_dtype)
+    reference = case.cls([full], **case.compact_options)
     generator = torch.Generator().manual_seed(1)
     column_scales = torch.logspace(-3, 0, 256)  # magnitudes spread within each block
     for _ in range(300):
@@ -410,9 +399,9 @@ def test_runs_under_the_same_seed_repeat(state_dtype, dtype) -> None:
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
-def trained(name: str, state_dtype) -> torch.optim.Optimizer:
+def trained(case: OptimizerCase, state_dtype) -> torch.optim.Optimizer:
     params = [torch.randn(64, 128, requires_grad=True), torch.randn(300, requires_grad=True)]
-    optimizer = getattr(fastoptim, name)(params, **options(name), state_dtype=state_dtype)
+    optimizer = case.cls(params, **case.compact_options, state_dtype=state_dtype)
     generator = torch.Generator().manual_seed(5)
     for _ in range(3):
         for param in params:
@@ -429,10 +418,10 @@ def round_trip(state_dict: dict) -> dict:
 
 
 @pytest.mark.parametrize("state_dtype", COMPACT, ids=["bf16", "int8"])
-@pytest.mark.parametrize("name", NAMES)
-def test_compact_state_dict_loads_back_exactly(name: str, state_dtype) -> None:
-    saved = trained(name, state_dtype)
-    restored = trained(name, state_dtype)  # other values, same layout
+@pytest.mark.parametrize("case", each())
+def test_compact_state_dict_loads_back_exactly(case: OptimizerCase, state_dtype) -> None:
+    saved = trained(case, state_dtype)
+    restored = trained(case, state_dtype)  # other values, same layout
     restored.load_state_dict(round_trip(saved.state_dict()))
     for state_a, state_b in zip(saved.state.values(), restored.state.values(), strict=True):
         assert state_a.keys() == state_b.keys()
@@ -473,15 +462,15 @@ def test_a_resumed_run_rounds_as_an_uninterrupted_one(state_dtype) -> None:
     )
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_full_precision_state_converts_on_load(name: str) -> None:
+@pytest.mark.parametrize("case", each())
+def test_full_precision_state_converts_on_load(case: OptimizerCase) -> None:
     params = [torch.randn(64, 128, requires_grad=True)]
-    theirs = getattr(torch.optim, name)(params, **options(name))
+    theirs = case.reference(params, **case.compact_options)
     params[0].grad = torch.randn(64, 128)
     theirs.step()
     torch_state = theirs.state[params[0]]
     for state_dtype in COMPACT:
-        ours = getattr(fastoptim, name)(params, **options(name), state_dtype=state_dtype)
+        ours = case.cls(params, **case.compact_options, state_dtype=state_dtype)
         ours.load_state_dict(round_trip(theirs.state_dict()))
         state = ours.state[params[0]]
         for key, expected in torch_state.items():
@@ -495,12 +484,12 @@ def test_full_precision_state_converts_on_load(name: str) -> None:
                 assert torch.equal(state[key], expected.to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_full_precision_state_dict_is_loadable_by_torch(name: str) -> None:
-    compact = trained(name, "int8")
+@pytest.mark.parametrize("case", each())
+def test_full_precision_state_dict_is_loadable_by_torch(case: OptimizerCase) -> None:
+    compact = trained(case, "int8")
     converted = fastoptim.full_precision_state_dict(round_trip(compact.state_dict()))
     params = [p.detach().clone().requires_grad_() for p in compact.param_groups[0]["params"]]
-    theirs = getattr(torch.optim, name)(params, **options(name))
+    theirs = case.reference(params, **case.compact_options)
     theirs.load_state_dict(converted)
     for param_id, state in enumerate(compact.state.values()):
         loaded = theirs.state[params[param_id]]
@@ -509,23 +498,19 @@ def test_full_precision_state_dict_is_loadable_by_torch(name: str) -> None:
                 assert torch.equal(loaded[key], buffer(state, key))
     assert all("state_dtype" not in group for group in converted["param_groups"])
     assert "rounding" not in converted
-    plain = getattr(fastoptim, name)(params, **options(name))
+    plain = case.cls(params, **case.compact_options)
     plain.load_state_dict(round_trip(compact.state_dict()))  # 8-bit codes expand on load
     assert all(not str(k).endswith("_codes") for s in plain.state.values() for k in s)
 
 
-def digits_loss(name: str, state_dtype, steps: int = 300) -> float:
+def digits_loss(case: OptimizerCase, state_dtype, steps: int = 300) -> float:
     """Train an MLP (64-128-10) on scikit-learn's digits; its final loss on the whole set."""
     features, labels = load_digits(return_X_y=True)
     x = torch.tensor(features / 16.0, dtype=torch.float32)
     y = torch.tensor(labels)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
-    lrs = {"SGD": 0.1, "Adagrad": 0.05, "Adadelta": 1.0, "Adamax": 2e-3}
-    extra = {"momentum": 0.9} if name == "SGD" else {}
-    optimizer = getattr(fastoptim, name)(
-        model.parameters(), lr=lrs.get(name, 1e-3), **extra, state_dtype=state_dtype
-    )
+    optimizer = case.cls(model.parameters(), **case.digits_options, state_dtype=state_dtype)
     generator = torch.Generator().manual_seed(1)
     for _ in range(steps):
         batch = torch.randint(0, len(x), (512,), generator=generator)
@@ -537,16 +522,16 @@ def digits_loss(name: str, state_dtype, steps: int = 300) -> float:
         return torch.nn.functional.cross_entropy(model(x), y).item()
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_digits_classifier_reaches_the_float32_loss(name: str) -> None:
+@pytest.mark.parametrize("case", each())
+def test_digits_classifier_reaches_the_float32_loss(case: OptimizerCase) -> None:
     """The first layer (8192 weights) keeps 8-bit state; final loss within 2% of float32."""
-    full = digits_loss(name, None)
+    full = digits_loss(case, None)
     for state_dtype in COMPACT:
-        assert abs(digits_loss(name, state_dtype) / full - 1) <= 0.02, state_dtype
+        assert abs(digits_loss(case, state_dtype) / full - 1) <= 0.02, state_dtype
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_tutorial_regression_reaches_the_float32_loss(name: str) -> None:
+@pytest.mark.parametrize("case", each())
+def test_tutorial_regression_reaches_the_float32_loss(case: OptimizerCase) -> None:
     """The tutorial's line fit at its lr (0.05), 1000 steps: final loss within 5% of float32
     state. Its two parameters are too few for 8-bit state (so "int8" keeps float32 there);
     at this lr adaptive methods end in small oscillations around the optimum, which moves
@@ -557,7 +542,7 @@ def test_tutorial_regression_reaches_the_float32_loss(name: str) -> None:
         x = torch.randn(100, 1)
         t = 5.1213945 * x + 3.2047893 + torch.randn(100, 1) * 0.1
         model = torch.nn.Linear(1, 1)
-        optimizer = getattr(fastoptim, name)(model.parameters(), lr=0.05, state_dtype=state_dtype)
+        optimizer = case.cls(model.parameters(), lr=0.05, state_dtype=state_dtype)
         for _ in range(1000):
             loss = torch.nn.functional.mse_loss(model(x), t)
             optimizer.zero_grad()

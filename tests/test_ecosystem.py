@@ -13,22 +13,12 @@ from typing import Any
 import pytest
 import torch
 from _parity import assert_same_state, make_pair, step_pair
+from optim_db import OptimizerCase, each
 from torch import nn
 from torch.optim import lr_scheduler, swa_utils
 
 import fastoptim
-from fastoptim import catalog
 
-NAMES = catalog.NAMES
-OPTIONS: dict[str, dict[str, Any]] = {
-    "SGD": {"lr": 0.05, "momentum": 0.9},
-    "Adam": {"lr": 0.01},
-    "AdamW": {"lr": 0.01, "amsgrad": True},
-    "Adagrad": {"lr": 0.1},
-    "Adadelta": {"lr": 0.5},
-    "Adamax": {"lr": 0.02},
-    "RMSprop": {"lr": 0.01, "momentum": 0.5},
-}
 KERNEL_RTOL = 1e-5
 
 
@@ -106,9 +96,9 @@ def advance(schedulers: list[Any], step: int) -> None:
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
-@pytest.mark.parametrize("name", NAMES)
-def test_scheduler_drives_the_reference_path_as_torch(name: str, scheduler: str) -> None:
-    ours, theirs = make_pair(name, OPTIONS[name], torch.float32)
+@pytest.mark.parametrize("case", each())
+def test_scheduler_drives_the_reference_path_as_torch(case: OptimizerCase, scheduler: str) -> None:
+    ours, theirs = make_pair(case.name, case.ecosystem_options, torch.float32)
     schedulers = [SCHEDULERS[scheduler](ours), SCHEDULERS[scheduler](theirs)]
     seen = set()
     for step in range(12):
@@ -120,10 +110,11 @@ def test_scheduler_drives_the_reference_path_as_torch(name: str, scheduler: str)
 
 
 @pytest.mark.parametrize("scheduler", ["CyclicLR", "OneCycleLR", "ReduceLROnPlateau"])
-@pytest.mark.parametrize("name", NAMES)
-def test_scheduler_drives_the_fused_kernel(name: str, scheduler: str) -> None:
-    reference, _ = make_pair(name, OPTIONS[name], torch.float32)
-    fused, _ = make_pair(name, OPTIONS[name], torch.float32, ours_only={"fused": None})
+@pytest.mark.parametrize("case", each())
+def test_scheduler_drives_the_fused_kernel(case: OptimizerCase, scheduler: str) -> None:
+    options = case.ecosystem_options
+    reference, _ = make_pair(case.name, options, torch.float32)
+    fused, _ = make_pair(case.name, options, torch.float32, ours_only={"fused": None})
     schedulers = [SCHEDULERS[scheduler](reference), SCHEDULERS[scheduler](fused)]
     generator = torch.Generator().manual_seed(0)
     params = [
@@ -155,12 +146,12 @@ def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(8, 16, generator=generator), torch.randn(8, 4, generator=generator)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_stochastic_weight_averaging(name: str) -> None:
+@pytest.mark.parametrize("case", each())
+def test_stochastic_weight_averaging(case: OptimizerCase) -> None:
     results = []
-    for module, extra in ((fastoptim, {"fused": False}), (torch.optim, {})):
+    for cls, extra in ((case.cls, {"fused": False}), (case.reference, {})):
         model = small_model()
-        optimizer = getattr(module, name)(model.parameters(), **OPTIONS[name], **extra)
+        optimizer = cls(model.parameters(), **case.ecosystem_options, **extra)
         averaged = swa_utils.AveragedModel(model)
         swa = swa_utils.SWALR(optimizer, swa_lr=0.005, anneal_epochs=3)
         lrs = []
@@ -181,13 +172,13 @@ def test_stochastic_weight_averaging(name: str) -> None:
 
 
 def amp_run(
-    module: Any, name: str, extra: dict[str, Any], dtype: torch.dtype, scaler: bool
+    cls: type, case: OptimizerCase, extra: dict[str, Any], dtype: torch.dtype, scaler: bool
 ) -> tuple[nn.Module, torch.optim.Optimizer, list[float]]:
-    """Ten steps under ``torch.autocast("cpu", dtype)``, with a GradScaler if ``scaler``.
-    With the scaler, step 4's input overflows float16: the scaler must skip that step and
-    back off."""
+    """Ten steps of ``cls`` (fastoptim's or the reference) with ``case``'s options under
+    ``torch.autocast("cpu", dtype)``, with a GradScaler if ``scaler``. With the scaler, step
+    4's input overflows float16: the scaler must skip that step and back off."""
     model = small_model()
-    optimizer = getattr(module, name)(model.parameters(), **OPTIONS[name], **extra)
+    optimizer = cls(model.parameters(), **case.ecosystem_options, **extra)
     grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=3)
     scales = []
     for step in range(10):
@@ -208,25 +199,25 @@ def amp_run(
     return model, optimizer, scales
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_grad_scaler_with_float16_autocast(name: str) -> None:
-    ours, our_opt, our_scales = amp_run(fastoptim, name, {"fused": False}, torch.float16, True)
-    theirs, their_opt, their_scales = amp_run(torch.optim, name, {}, torch.float16, True)
+@pytest.mark.parametrize("case", each())
+def test_grad_scaler_with_float16_autocast(case: OptimizerCase) -> None:
+    ours, our_opt, our_scales = amp_run(case.cls, case, {"fused": False}, torch.float16, True)
+    theirs, their_opt, their_scales = amp_run(case.reference, case, {}, torch.float16, True)
     assert our_scales == their_scales
     assert our_scales[4] < our_scales[3]  # the overflowing step was found and skipped
     for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert torch.equal(p, q)
     assert_same_state(our_opt, their_opt)
-    fused, _, fused_scales = amp_run(fastoptim, name, {"fused": True}, torch.float16, True)
+    fused, _, fused_scales = amp_run(case.cls, case, {"fused": True}, torch.float16, True)
     assert fused_scales == our_scales
     for p, q in zip(fused.parameters(), ours.parameters(), strict=True):
         assert (p - q).abs().max().item() <= KERNEL_RTOL * max(1.0, q.abs().max().item())
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_bfloat16_autocast(name: str) -> None:
-    ours, our_opt, _ = amp_run(fastoptim, name, {"fused": False}, torch.bfloat16, False)
-    theirs, their_opt, _ = amp_run(torch.optim, name, {}, torch.bfloat16, False)
+@pytest.mark.parametrize("case", each())
+def test_bfloat16_autocast(case: OptimizerCase) -> None:
+    ours, our_opt, _ = amp_run(case.cls, case, {"fused": False}, torch.bfloat16, False)
+    theirs, their_opt, _ = amp_run(case.reference, case, {}, torch.bfloat16, False)
     for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert p.dtype == torch.float32 and torch.equal(p, q)
     assert_same_state(our_opt, their_opt)

@@ -23,14 +23,12 @@ import torch
 from _parity import leaf_copies
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_parity import CASES, OPTION_GRIDS
+from optim_db import DB, NAMES, OptimizerCase, each, each_option
 
 import fastoptim
-from fastoptim import catalog
 from fastoptim.planning import reuse_layout
 
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.complex64: 1e-5, torch.complex128: 1e-12}
-NAMES = list(OPTION_GRIDS)
 
 
 def kernel_params(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
@@ -69,7 +67,7 @@ class Run:
         fused: bool | None = True,
     ) -> None:
         self.fused_params, self.reference_params = leaf_copies(params), leaf_copies(params)
-        cls = getattr(fastoptim, name)
+        cls = DB[name].cls
         self.fused = cls(self.fused_params, **options, fused=fused)
         self.reference = cls(self.reference_params, **options)
         for group in self.reference.param_groups:
@@ -116,9 +114,11 @@ class Run:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize(("name", "options"), CASES)
-def test_kernel_matches_reference_over_every_option(name: str, options: dict, dtype) -> None:
-    Run(name, options, kernel_params(dtype), steps=100).assert_close()
+@pytest.mark.parametrize(("case", "options"), each_option("parity_grid"))
+def test_kernel_matches_reference_over_every_option(
+    case: OptimizerCase, options: dict, dtype
+) -> None:
+    Run(case.name, options, kernel_params(dtype), steps=100).assert_close()
 
 
 def replace_parameter_storage(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
@@ -159,36 +159,24 @@ def transpose_a_gradient(optimizer: torch.optim.Optimizer, params: list[torch.Te
         transpose_a_gradient,
     ],
 )
-@pytest.mark.parametrize("name", NAMES)
-def test_a_reused_kernel_layout_follows_changes(name: str, disrupt: Disruption) -> None:
+@pytest.mark.parametrize("case", each())
+def test_a_reused_kernel_layout_follows_changes(case: OptimizerCase, disrupt: Disruption) -> None:
     """After steps that reuse the group's kernel layout, a change to what it points at (new
     parameter storage, new state tensors, a gradient with other strides) is followed."""
-    options = BF16_OPTIONS[name]
-    run = Run(name, options, kernel_params(torch.float32), 8, {5: disrupt}, fused=None)
+    options = case.kernel_options
+    run = Run(case.name, options, kernel_params(torch.float32), 8, {5: disrupt}, fused=None)
     run.assert_close()
 
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
-@pytest.mark.parametrize("name", NAMES)
-def test_kernel_updates_complex_parameters_like_the_reference(name: str, dtype) -> None:
-    options = {"lr": 0.01, "momentum": 0.9} if name in ("SGD", "RMSprop") else {}
-    Run(name, options, kernel_params(dtype), steps=30).assert_close()
+@pytest.mark.parametrize("case", each())
+def test_kernel_updates_complex_parameters_like_the_reference(case: OptimizerCase, dtype) -> None:
+    Run(case.name, case.kernel_complex_options, kernel_params(dtype), steps=30).assert_close()
 
 
 def test_tensor_lr_reaches_the_kernel() -> None:
     options = {"lr": torch.tensor(0.05)}
     Run("Adam", options, kernel_params(torch.float32), steps=20).assert_close()
-
-
-BF16_OPTIONS: dict[str, dict] = {
-    "SGD": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.1},
-    "Adam": {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1},
-    "AdamW": {"lr": 0.01},
-    "Adagrad": {"lr": 0.1, "lr_decay": 0.1},
-    "Adadelta": {"weight_decay": 0.1},
-    "Adamax": {"lr": 0.01},
-    "RMSprop": {"lr": 0.01, "momentum": 0.9, "centered": True},
-}
 
 
 def assert_within_one_bfloat16_unit(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -200,8 +188,8 @@ def assert_within_one_bfloat16_unit(actual: torch.Tensor, expected: torch.Tensor
     assert ((actual.float() - expected).abs() <= bound).all()
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_bfloat16_step_is_the_float32_step_rounded(name: str) -> None:
+@pytest.mark.parametrize("case", each())
+def test_bfloat16_step_is_the_float32_step_rounded(case: OptimizerCase) -> None:
     """bfloat16 params and state: math in float32, each result rounded to nearest once.
 
     Two steps from bfloat16 values; after each, the kernel's parameters and state are within
@@ -210,9 +198,9 @@ def test_bfloat16_step_is_the_float32_step_rounded(name: str) -> None:
     params = [p.to(torch.bfloat16) for p in kernel_params(torch.float32)]
     bf16 = leaf_copies(params)
     f32 = [p.detach().float().requires_grad_() for p in bf16]
-    cls = getattr(fastoptim, name)
-    fused = cls(bf16, **BF16_OPTIONS[name], fused=True, stochastic_rounding=False)
-    reference = cls(f32, **BF16_OPTIONS[name], fused=False)
+    cls = case.cls
+    fused = cls(bf16, **case.kernel_options, fused=True, stochastic_rounding=False)
+    reference = cls(f32, **case.kernel_options, fused=False)
     generator = torch.Generator().manual_seed(2)
     for _ in range(2):
         for a, b in zip(bf16, f32, strict=True):
@@ -244,7 +232,8 @@ def test_bfloat16_step_is_the_float32_step_rounded(name: str) -> None:
     steps=st.integers(min_value=1, max_value=25),
 )
 def test_property_kernel_matches_reference(name, choice, dtype, shapes, steps) -> None:
-    options = OPTION_GRIDS[name][choice % len(OPTION_GRIDS[name])]
+    grid = DB[name].parity_grid
+    options = grid[choice % len(grid)]
     generator = torch.Generator().manual_seed(choice)
     params = [torch.randn(shape, generator=generator, dtype=dtype) for shape in shapes]
     Run(name, options, params, steps).assert_close()
@@ -272,14 +261,12 @@ def scaled_training(
     return model, optimizer, scales
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_grad_scaler_unscales_inside_the_step_like_torch(name: str) -> None:
-    options = BF16_OPTIONS[name]
-    theirs, _, their_scales = scaled_training(getattr(torch.optim, name), options)
+@pytest.mark.parametrize("case", each())
+def test_grad_scaler_unscales_inside_the_step_like_torch(case: OptimizerCase) -> None:
+    options = case.kernel_options
+    theirs, _, their_scales = scaled_training(case.reference, options)
     for fused, rtol in ((False, 0.0), (None, 1e-5)):
-        ours, optimizer, our_scales = scaled_training(
-            getattr(fastoptim, name), {**options, "fused": fused}
-        )
+        ours, optimizer, our_scales = scaled_training(case.cls, {**options, "fused": fused})
         assert optimizer._step_supports_amp_scaling
         assert our_scales == their_scales
         for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
@@ -287,13 +274,13 @@ def test_grad_scaler_unscales_inside_the_step_like_torch(name: str) -> None:
 
 
 @pytest.mark.parametrize("fused", [None, False])
-@pytest.mark.parametrize("name", NAMES)
-def test_step_with_found_inf_changes_nothing(name: str, fused: bool | None) -> None:
+@pytest.mark.parametrize("case", each())
+def test_step_with_found_inf_changes_nothing(case: OptimizerCase, fused: bool | None) -> None:
     """An inf on the first step: no parameter, no state (not even SGD's momentum buffer)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     before = [p.detach().clone() for p in model.parameters()]
-    optimizer = getattr(fastoptim, name)(model.parameters(), **BF16_OPTIONS[name], fused=fused)
+    optimizer = case.cls(model.parameters(), **case.kernel_options, fused=fused)
     state_before = {id(p): {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
     scaler = torch.amp.GradScaler("cpu")
     scaler.scale(model(torch.randn(3, 4)).sum()).backward()
@@ -342,17 +329,14 @@ def test_default_falls_back_to_torch_where_no_kernel_applies() -> None:
     assert torch.equal(gapped, twin)
 
 
-RICH_OPTIONS = BF16_OPTIONS
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_torch_implementation_used_off_cpu_matches_the_reference(name: str) -> None:
+@pytest.mark.parametrize("case", each())
+def test_torch_implementation_used_off_cpu_matches_the_reference(case: OptimizerCase) -> None:
     """The path for devices without kernels, run here on CPU tensors, equals the reference."""
     params = kernel_params(torch.float64)
     ours_params, torch_path_params = leaf_copies(params), leaf_copies(params)
-    cls = getattr(fastoptim, name)
-    reference = cls(ours_params, **RICH_OPTIONS[name], fused=False)
-    delegated = cls(torch_path_params, **RICH_OPTIONS[name], fused=False)
+    cls = case.cls
+    reference = cls(ours_params, **case.kernel_options, fused=False)
+    delegated = cls(torch_path_params, **case.kernel_options, fused=False)
     generator = torch.Generator().manual_seed(4)
     for _ in range(5):
         grads = [gradient_like(p, generator) for p in params]
@@ -378,7 +362,7 @@ def test_parameters_off_cpu_go_to_torchs_implementation(monkeypatch) -> None:
 
 def train_steps(name: str, seed: int, steps: int = 20) -> list[torch.Tensor]:
     params = leaf_copies(kernel_params(torch.float32, seed))
-    optimizer = getattr(fastoptim, name)(params, **RICH_OPTIONS[name])
+    optimizer = DB[name].cls(params, **DB[name].kernel_options)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         for param in params:
@@ -467,9 +451,9 @@ def test_layout_is_reused_with_empty_parameters() -> None:
     assert layout.empty.tolist() == [True, False]
 
 
-@pytest.mark.parametrize("entry", catalog.OPTIMIZERS, ids=lambda entry: entry.name)
-def test_kernel_rows_are_named_by_the_state_they_hold(entry) -> None:
-    rows = entry.cls.kernel.rows
+@pytest.mark.parametrize("case", each())
+def test_kernel_rows_are_named_by_the_state_they_hold(case: OptimizerCase) -> None:
+    rows = case.cls.kernel.rows
     assert (rows.param, rows.grad) == (0, 1)
     assert list(rows) == list(range(len(rows)))
-    assert set(rows._fields[2:]) == {item.name for item in entry.cls.declared_state}
+    assert set(rows._fields[2:]) == {item.name for item in case.cls.declared_state}

@@ -12,28 +12,19 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optim_db import DB, NAMES, ErrorInput, OptimizerCase, each, each_option
 from torch import nn
 
 import fastoptim
-from fastoptim import catalog
 from fastoptim.optimizer import NonFiniteGradientError
-
-NAMES = catalog.NAMES
-STATEFUL: dict[str, dict[str, Any]] = {
-    "SGD": {"lr": 0.1, "momentum": 0.9},
-    "Adam": {"lr": 0.01},
-    "AdamW": {"lr": 0.01},
-    "Adagrad": {"lr": 0.1},
-    "Adadelta": {"lr": 1.0},
-    "Adamax": {"lr": 0.01},
-    "RMSprop": {"lr": 0.01, "momentum": 0.5, "centered": True},
-}
 
 
 def model_and_optimizer(name: str, **options: Any) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A small model and optimizer ``name`` with its stateful options (and ``options``)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2))
-    optimizer = getattr(fastoptim, name)(model.parameters(), **{**STATEFUL[name], **options})
+    case = DB[name]
+    optimizer = case.cls(model.parameters(), **{**case.stateful_options, **options})
     return model, optimizer
 
 
@@ -81,32 +72,10 @@ def tensor() -> torch.Tensor:
     return torch.zeros(3, requires_grad=True)
 
 
-@pytest.mark.parametrize(
-    ("name", "options", "message"),
-    [
-        ("Adam", {"lr": "0.1"}, "Adam: lr must be a number or a Tensor, got str '0.1'"),
-        ("Adam", {"betas": 0.9}, "Adam: betas must be a pair of (a number or a Tensor, a number"),
-        ("Adam", {"betas": (0.9,)}, "Adam: betas must be a pair of"),
-        ("Adam", {"eps": None}, "Adam: eps must be a number, got NoneType None"),
-        ("AdamW", {"amsgrad": "no"}, "AdamW: amsgrad must be True or False, got str 'no'"),
-        ("SGD", {"lr": 0.1, "momentum": None}, "SGD: momentum must be a number, got NoneType"),
-        ("SGD", {"lr": 0.1, "nesterov": 1}, "SGD: nesterov must be True or False, got int 1"),
-        ("Adagrad", {"foreach": "yes"}, "Adagrad: foreach must be True or False or None"),
-        ("RMSprop", {"alpha": [0.9]}, "RMSprop: alpha must be a number, got list [0.9]"),
-        ("Adadelta", {"rho": True}, "Adadelta: rho must be a number, got bool True"),
-        ("Adamax", {"nonfinite": 1}, "Adamax: nonfinite must be a string or None, got int 1"),
-        (
-            "SGD",
-            {"momentun": 0.9},
-            "SGD: got an unexpected keyword argument 'momentun'; its "
-            "arguments are params, lr, momentum",
-        ),
-    ],
-)
-def test_wrong_option_types_name_the_option(name: str, options: dict, message: str) -> None:
-    with pytest.raises(TypeError) as error:
-        getattr(fastoptim, name)([tensor()], **options)
-    assert str(error.value).startswith(message)
+@pytest.mark.parametrize(("case", "error_input"), each_option("type_errors"))
+def test_wrong_option_types_name_the_option(case: OptimizerCase, error_input: ErrorInput) -> None:
+    with pytest.raises(error_input.error, match=error_input.match):
+        case.cls([tensor()], **error_input.options)
 
 
 @pytest.mark.parametrize(
@@ -163,10 +132,12 @@ def test_bad_param_groups_change_nothing(group: Any, error: type, message: str) 
 
 
 @pytest.mark.parametrize("fused", [None, False])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", each())
 @pytest.mark.parametrize("what", ["shape", "dtype"])
-def test_a_gradient_unlike_its_parameter_changes_nothing(name: str, fused, what: str) -> None:
-    model, optimizer = model_and_optimizer(name, fused=fused)
+def test_a_gradient_unlike_its_parameter_changes_nothing(
+    case: OptimizerCase, fused, what: str
+) -> None:
+    model, optimizer = model_and_optimizer(case.name, fused=fused)
     set_grads(model, 0)
     optimizer.step()  # the kernel path now reuses this layout
     set_grads(model, 1)
@@ -205,10 +176,10 @@ def test_named_parameters_are_named_in_errors() -> None:
 
 
 @pytest.mark.parametrize("fused", [None, False])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", each())
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_nonfinite_skip_skips_the_whole_step(name: str, fused, bad: float) -> None:
-    model, optimizer = model_and_optimizer(name, fused=fused, nonfinite="skip")
+def test_nonfinite_skip_skips_the_whole_step(case: OptimizerCase, fused, bad: float) -> None:
+    model, optimizer = model_and_optimizer(case.name, fused=fused, nonfinite="skip")
     set_grads(model, 0)
     model[2].weight.grad[1, 3] = bad
     before = snapshot(model, optimizer)
@@ -216,7 +187,7 @@ def test_nonfinite_skip_skips_the_whole_step(name: str, fused, bad: float) -> No
     assert_unchanged(before, snapshot(model, optimizer))
     assert optimizer.skipped_steps == 1
     # A finite step then runs as the first step of an optimizer that never saw the bad one.
-    reference_model, reference = model_and_optimizer(name, fused=fused)
+    reference_model, reference = model_and_optimizer(case.name, fused=fused)
     for seed in (1, 2):
         set_grads(model, seed)
         set_grads(reference_model, seed)
@@ -228,12 +199,10 @@ def test_nonfinite_skip_skips_the_whole_step(name: str, fused, bad: float) -> No
     assert optimizer.state_dict()["skipped_steps"] == 1
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_nonfinite_raise_names_the_parameter(name: str) -> None:
+@pytest.mark.parametrize("case", each())
+def test_nonfinite_raise_names_the_parameter(case: OptimizerCase) -> None:
     model = nn.Linear(300, 20)  # 6,000 weights: checked by the fused kernel
-    optimizer = getattr(fastoptim, name)(
-        model.named_parameters(), nonfinite="raise", **STATEFUL[name]
-    )
+    optimizer = case.cls(model.named_parameters(), nonfinite="raise", **case.stateful_options)
     model.weight.grad = torch.ones(20, 300)
     model.bias.grad = torch.ones(20)
     optimizer.step()
@@ -414,31 +383,10 @@ def test_checkpoint_files_load_and_corrupt_ones_are_named(tmp_path: Path) -> Non
 # -- property-based ----------------------------------------------------------------------
 
 
-OPTION_CHOICES: dict[str, st.SearchStrategy] = {
-    "SGD": st.fixed_dictionaries(
-        {
-            "lr": st.sampled_from([0.01, 0.1]),
-            "momentum": st.sampled_from([0.0, 0.9]),
-            "nesterov": st.just(False),
-        }
-    ),
-    "Adam": st.fixed_dictionaries(
-        {"amsgrad": st.booleans(), "weight_decay": st.sampled_from([0.0, 0.1])}
-    ),
-    "AdamW": st.fixed_dictionaries({"amsgrad": st.booleans()}),
-    "Adagrad": st.fixed_dictionaries({"lr_decay": st.sampled_from([0.0, 0.01])}),
-    "Adadelta": st.fixed_dictionaries({"rho": st.sampled_from([0.5, 0.9])}),
-    "Adamax": st.fixed_dictionaries({"weight_decay": st.sampled_from([0.0, 0.1])}),
-    "RMSprop": st.fixed_dictionaries(
-        {"centered": st.booleans(), "momentum": st.sampled_from([0.0, 0.5])}
-    ),
-}
-
-
 @st.composite
 def optimizer_cases(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[tuple[int, ...]], int]:
     name = draw(st.sampled_from(NAMES))
-    options = draw(OPTION_CHOICES[name])
+    options = draw(DB[name].option_strategy)
     options["state_dtype"] = draw(st.sampled_from([None, torch.bfloat16, "int8"]))
     shapes = draw(st.lists(st.sampled_from([(), (3,), (2, 5), (70, 70)]), min_size=1, max_size=4))
     return name, options, shapes, draw(st.integers(1, 4))
@@ -461,14 +409,14 @@ def test_state_dict_round_trip_continues_identically(case: tuple) -> None:
             optimizer.step()
 
     params = [p.clone().requires_grad_() for p in start]
-    optimizer = getattr(fastoptim, name)(params, **options)
+    optimizer = DB[name].cls(params, **options)
     run(params, optimizer, range(steps))
     buffer = io.BytesIO()
     torch.save(optimizer.state_dict(), buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     resumed_params = [p.detach().clone().requires_grad_() for p in params]
-    resumed = getattr(fastoptim, name)(resumed_params, **options)
+    resumed = DB[name].cls(resumed_params, **options)
     resumed.load_state_dict(saved)
     assert_same_state_dict(resumed.state_dict(), optimizer.state_dict())
     run(params, optimizer, range(steps, steps + 2))
