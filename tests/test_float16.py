@@ -35,8 +35,8 @@ import numpy as np
 import pytest
 import torch
 from numba import njit
+from optim_db import DB
 from test_compact_state import STATE_BOUND, buffer
-from test_compact_state import options as compact_options
 
 import fastoptim
 from fastoptim import catalog
@@ -401,8 +401,8 @@ def test_compact_state_of_float16_parameters(name: str, state_dtype) -> None:
     start = torch.randn(64, 256).half()
     compact, full = start.clone().requires_grad_(), start.clone().requires_grad_()
     cls = getattr(fastoptim, name)
-    ours = cls([compact], **compact_options(name), state_dtype=state_dtype)
-    reference = cls([full], **compact_options(name), state_dtype=torch.float32)
+    ours = cls([compact], **DB[name].compact_options, state_dtype=state_dtype)
+    reference = cls([full], **DB[name].compact_options, state_dtype=torch.float32)
     generator = torch.Generator().manual_seed(1)
     column_scales = torch.logspace(-3, 0, 256)
     for _ in range(COMPACT_STEPS):
