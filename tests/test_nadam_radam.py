@@ -1,58 +1,45 @@
-"""NAdam and RAdam end to end: what is specific to them (the generic tests iterate the catalog).
+"""NAdam and RAdam: what the generic tests (which iterate tests/optim_db.py) do not check.
 
-- fused=False is torch's functional implementation: bit-identical to torch.optim's for-loop.
-- The kernel: within test_kernels' tolerance of torch.optim after 100 steps (RTOL 1e-5 in
-  float32, 1e-12 in float64, times the largest magnitude the tensor had), with ``step`` and
-  NAdam's ``mu_product`` bit-identical to torch's.
+- The kernel keeps ``step`` and NAdam's ``mu_product`` bit-identical to torch.optim's and the
+  rest within test_kernels' tolerance (RTOL 1e-5 in float32, 1e-12 in float64, times the
+  largest magnitude the tensor had) over 100 steps, with tensors of one kernel call at
+  different step counts (RAdam: some rectified, some not; the first rectified step is t = 6
+  with b2 = 0.999, t = 7 with b2 = 0.8, never with b2 = 0.5).
 - Compact state runs, tracks the float32 state, and round-trips through state dicts,
-  fastoptim's and torch's.
+  fastoptim's and torch's; a loaded ``mu_product`` follows ``step``'s dtype for the kernel.
 """
 
-import inspect
 import io
-import itertools
-from typing import Any
 
 import pytest
 import torch
-from _parity import leaf_copies, make_pair, step_pair
+from _parity import leaf_copies
 
 import fastoptim
 from fastoptim.state import dequantize_like
 
 NAMES = ["NAdam", "RAdam"]
 SCALARS = {"NAdam": ["step", "mu_product"], "RAdam": ["step"]}
-
-
-def grid(**axes: list[Any]) -> list[dict[str, Any]]:
-    """Every combination of the given option values."""
-    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
-
-
-DECAYS = grid(weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True], maximize=[False, True])
-
-# RAdam's first rectified step: t = 6 with b2 = 0.999 or 0.9, t = 7 with b2 = 0.8; never
-# with b2 = 0.5 (rho_inf = 3). Runs are 20 (parity) and 100 (kernel) steps.
-OPTION_GRIDS: dict[str, list[dict[str, Any]]] = {
-    "NAdam": [
-        *DECAYS,
-        {"momentum_decay": 0.0},
-        {"momentum_decay": 0.3, "betas": (0.5, 0.9)},
-        {"betas": (0.0, 0.0), "eps": 0.1},
-        {"weight_decay": 0.1, "foreach": True},
-    ],
-    "RAdam": [
-        *DECAYS,
-        {"betas": (0.5, 0.8)},
-        {"betas": (0.9, 0.5), "eps": 1e-3},
-        {"betas": (0.0, 0.0), "eps": 0.1},
-        {"weight_decay": 0.1, "decoupled_weight_decay": True, "foreach": True},
-    ],
-}
 CASES = [
-    pytest.param(name, {"lr": 0.01, **options}, id=f"{name}-{index}")
-    for name, options_grid in OPTION_GRIDS.items()
-    for index, options in enumerate(options_grid)
+    pytest.param("NAdam", {"lr": 0.01, "weight_decay": 0.1, "maximize": True}, id="NAdam-l2"),
+    pytest.param(
+        "NAdam",
+        {
+            "lr": 0.01,
+            "momentum_decay": 0.3,
+            "betas": (0.5, 0.9),
+            "weight_decay": 0.1,
+            "decoupled_weight_decay": True,
+        },
+        id="NAdam-decoupled",
+    ),
+    pytest.param("RAdam", {"lr": 0.01, "weight_decay": 0.1}, id="RAdam-l2"),
+    pytest.param(
+        "RAdam",
+        {"lr": 0.01, "betas": (0.5, 0.8), "weight_decay": 0.1, "decoupled_weight_decay": True},
+        id="RAdam-decoupled-late-rectification",
+    ),
+    pytest.param("RAdam", {"lr": 0.01, "betas": (0.9, 0.5)}, id="RAdam-never-rectified"),
 ]
 SECOND_GROUP = {"lr": 0.003, "weight_decay": 0.05}
 COMPLEX_OPTIONS = {
@@ -70,35 +57,7 @@ def round_trip(state_dict: dict) -> dict:
     return torch.load(buffer, weights_only=True)
 
 
-# (1) fused=False: bit-identical to torch.optim's for-loop.
-
-
-@DTYPES
-@pytest.mark.parametrize(("name", "options"), CASES)
-def test_reference_path_is_bit_identical_to_torch(name: str, options: dict, dtype) -> None:
-    ours, theirs = make_pair(name, options, dtype, SECOND_GROUP)
-    step_pair(ours, theirs)
-    for param_a, param_b in zip(ours.state, theirs.state, strict=True):
-        assert list(ours.state[param_a]) == list(theirs.state[param_b])  # torch's key order
-
-
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize(
-    "lr", [torch.tensor(0.01), torch.tensor([0.02], dtype=torch.float64)], ids=["0d", "1-elem"]
-)
-def test_tensor_lr_is_bit_identical_to_torch(name: str, lr: torch.Tensor) -> None:
-    ours, theirs = make_pair(name, {"lr": lr.clone(), "weight_decay": 0.1}, torch.float32)
-    step_pair(ours, theirs)
-
-
-@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
-@pytest.mark.parametrize("name", NAMES)
-def test_complex_parameters_are_bit_identical_to_torch(name: str, dtype) -> None:
-    ours, theirs = make_pair(name, COMPLEX_OPTIONS[name], dtype)
-    step_pair(ours, theirs)
-
-
-# (2) The kernel against torch.optim.
+# (1) The kernel against torch.optim.
 
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.complex64: 1e-5}
 
@@ -170,7 +129,7 @@ def test_kernel_takes_tensor_lr_and_complex_parameters(name: str) -> None:
     assert_kernel_tracks_torch(name, COMPLEX_OPTIONS[name], torch.complex64, steps=30)
 
 
-# (3) Compact state.
+# (2) Compact state.
 
 STATE_BOUND = {torch.bfloat16: 0.05, "int8": 0.5}  # as tests/test_compact_state.py
 COMPACT = pytest.mark.parametrize("state_dtype", [torch.bfloat16, "int8"], ids=["bf16", "int8"])
@@ -239,27 +198,6 @@ def test_compact_state_tracks_float32_and_its_state_dict_loads_back(name: str, s
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("direction", ["torch-to-fastoptim", "fastoptim-to-torch"])
-def test_state_dict_crosses_with_torch_and_continues_identically(name: str, direction) -> None:
-    """Full precision: a state dict of either loads into the other, which then steps on
-    bit-identically (fastoptim on its reference path)."""
-    options = {"lr": 0.01, **COMPLEX_OPTIONS[name]}
-    ours, theirs = make_pair(name, options, torch.float32, SECOND_GROUP)
-    step_pair(ours, theirs, steps=8)
-    source, target_cls = (
-        (theirs, type(ours)) if direction == "torch-to-fastoptim" else (ours, type(theirs))
-    )
-    params = leaf_copies([p.detach() for group in source.param_groups for p in group["params"]])
-    target = target_cls([{"params": params[:2]}, {"params": params[2:], **SECOND_GROUP}], **options)
-    target.load_state_dict(round_trip(source.state_dict()))
-    if direction == "torch-to-fastoptim":
-        for group in target.param_groups:
-            group["fused"] = False
-    pair = (target, source) if direction == "torch-to-fastoptim" else (source, target)
-    step_pair(*pair, steps=8, seed=7)
-
-
-@pytest.mark.parametrize("name", NAMES)
 def test_compact_state_dict_crosses_with_torch(name: str) -> None:
     """torch's state dict loads into 8-bit state (codes within 6.25% of torch's values, the
     scalars exact) and steps on the kernel; back in full precision, torch loads it and steps."""
@@ -308,53 +246,3 @@ def test_loaded_mu_product_stays_in_steps_dtype_for_the_kernel(dtype) -> None:
     reference = fastoptim.NAdam([param], fused=False)
     reference.load_state_dict(saved)
     assert torch.equal(reference.state[param]["mu_product"], cast)
-
-
-# (4) Signatures and (5) constructor errors, as torch's.
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_signature_and_group_options_match_torch(name: str) -> None:
-    """Same names, order, kinds, defaults and annotations; fastoptim's keyword-only additions
-    last. A param group holds torch's options in torch's order, then fastoptim's."""
-    ours_cls, torch_cls = getattr(fastoptim, name), getattr(torch.optim, name)
-    ours, theirs = (inspect.signature(c.__init__).parameters for c in (ours_cls, torch_cls))
-    added = ["fused", "state_dtype", "stochastic_rounding", "nonfinite"]
-    assert list(ours) == [*theirs, *added]
-    for parameter_name, expected in theirs.items():
-        actual = ours[parameter_name]
-        assert (actual.kind, actual.default, actual.annotation) == (
-            expected.kind,
-            expected.default,
-            expected.annotation,
-        ), parameter_name
-    assert all(ours[n].kind is inspect.Parameter.KEYWORD_ONLY for n in added)
-    assert all(ours[n].default is None for n in added)
-    param = torch.zeros(2, requires_grad=True)
-    torch_group = list(torch_cls([param]).param_groups[0])
-    assert list(ours_cls([param]).param_groups[0]) == [*torch_group, *added]
-
-
-BAD_OPTIONS = [
-    {"lr": -1.0},
-    {"lr": float("nan")},
-    {"lr": torch.tensor([0.01, 0.02])},
-    {"eps": -1e-8},
-    {"betas": (1.0, 0.999)},
-    {"betas": (-0.1, 0.999)},
-    {"betas": (0.9, 1.0)},
-    {"weight_decay": -0.1},
-]
-BAD_CASES = [("NAdam", options) for options in [*BAD_OPTIONS, {"momentum_decay": -4e-3}]] + [
-    ("RAdam", options) for options in BAD_OPTIONS
-]
-
-
-@pytest.mark.parametrize(("name", "options"), BAD_CASES)
-def test_bad_options_raise_like_torch(name: str, options: dict) -> None:
-    errors = []
-    for module in (fastoptim, torch.optim):
-        with pytest.raises(Exception) as caught:
-            getattr(module, name)([torch.zeros(3, requires_grad=True)], **options)
-        errors.append((type(caught.value), str(caught.value)))
-    assert errors[0] == errors[1]
