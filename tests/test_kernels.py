@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from optim_db import DB, NAMES, OptimizerCase, each, each_option
 
 import fastoptim
-from fastoptim.planning import reuse_layout
+from fastoptim.planning import KERNEL_ARGUMENTS, reuse_layout
 
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.complex64: 1e-5, torch.complex128: 1e-12}
 
@@ -453,6 +453,7 @@ def test_layout_is_reused_with_empty_parameters() -> None:
 
 @pytest.mark.parametrize("case", each())
 def test_kernel_rows_are_named_by_the_state_they_hold(case: OptimizerCase) -> None:
+    assert case.cls.kernel.parameters[: len(KERNEL_ARGUMENTS)] == KERNEL_ARGUMENTS
     rows = case.cls.kernel.rows
     assert (rows.param, rows.grad) == (0, 1)
     assert list(rows) == list(range(len(rows)))

@@ -6,8 +6,8 @@ as with torch.optim. An algorithm supplies:
 
 - ``declared_state``: its state (fastoptim.state's ``Scalar`` and ``Buffer``), from which the
   base creates, checks, loads and compacts it and lays out its kernel's memory rows;
-- ``kernel``: its fused kernel, and ``_kernel_options``: the group's hyperparameters as the
-  kernel takes them;
+- ``kernel``: its fused kernel, whose hyperparameters are bound to the group's options by
+  name;
 - ``check_options``: its value checks, run on the constructor's options and on every param
   group that sets its own;
 - ``_torch_step``: torch.optim's own functional implementation of the algorithm where torch
@@ -37,6 +37,7 @@ from fastoptim.options import (
     scalar_dtype,
 )
 from fastoptim.planning import (
+    KERNEL_ARGUMENTS,
     GroupLayout,
     GroupPlan,
     KernelCall,
@@ -293,6 +294,18 @@ class BaseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
         algorithm accepts them."""
         return self.sparse_grad_error
 
+    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The group's hyperparameters as the kernel's keyword arguments, bound by name: each
+        kernel argument besides the common ones (``KernelCall.arguments``) is the group's
+        option of that name (``beta1`` and ``beta2``: its ``betas``), numbers as floats."""
+        betas = group.get("betas", (None, None))
+        options = {**group, "beta1": betas[0], "beta2": betas[1]}
+        return {
+            name: options[name] if isinstance(options[name], bool) else float(options[name])
+            for name in self.kernel.parameters
+            if name not in KERNEL_ARGUMENTS
+        }
+
     def _run_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         """Run one fused kernel call on as many threads as torch uses."""
         with kernel_turn():
@@ -373,10 +386,6 @@ class BaseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
         error saying what differs, and the optimizer stays exactly as it was.
         """
         checkpoint.load_state_dict_into(self, state_dict)
-
-    @abstractmethod
-    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
-        """The group's hyperparameters as keyword arguments of the fused kernel."""
 
     @abstractmethod
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:

@@ -83,6 +83,18 @@ class KernelBatch:
     indices: list[int] = field(default_factory=list)
 
 
+# The arguments every kernel takes before its hyperparameters (KernelCall.arguments).
+KERNEL_ARGUMENTS = (
+    "memory",
+    "sizes",
+    "marker",
+    "state_marker",
+    "step_marker",
+    "grad_factor",
+    "fresh",
+)
+
+
 @dataclass
 class KernelCall:
     """What a fused kernel needs besides the group's hyperparameters.

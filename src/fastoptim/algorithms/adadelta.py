@@ -78,14 +78,6 @@ class Adadelta(BaseOptimizer):
         check_non_negative(options["eps"], "epsilon value")
         check_non_negative(options["weight_decay"], "weight_decay value")
 
-    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "lr": float(group["lr"]),
-            "rho": float(group["rho"]),
-            "eps": float(group["eps"]),
-            "weight_decay": float(group["weight_decay"]),
-        }
-
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
         torch_adadelta(

@@ -94,14 +94,6 @@ class Adagrad(BaseOptimizer):
             return "weight_decay option is not compatible with sparse gradients"
         return None
 
-    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "lr": float(group["lr"]),
-            "lr_decay": float(group["lr_decay"]),
-            "weight_decay": float(group["weight_decay"]),
-            "eps": float(group["eps"]),
-        }
-
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
         torch_adagrad(

@@ -99,18 +99,6 @@ class Adam(BaseOptimizer):
                 if beta.numel() != 1:
                     raise ValueError(f"Tensor betas[{index}] must be 1-element")
 
-    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = (float(beta) for beta in group["betas"])
-        return {
-            "lr": float(group["lr"]),
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": float(group["eps"]),
-            "weight_decay": float(group["weight_decay"]),
-            "decoupled_weight_decay": group["decoupled_weight_decay"],
-            "amsgrad": group["amsgrad"],
-        }
-
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
         torch_adam(

@@ -71,16 +71,6 @@ class Adamax(BaseOptimizer):
         check_betas(options["betas"])
         check_non_negative(options["weight_decay"], "weight_decay value")
 
-    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return {
-            "lr": float(group["lr"]),
-            "beta1": float(beta1),
-            "beta2": float(beta2),
-            "eps": float(group["eps"]),
-            "weight_decay": float(group["weight_decay"]),
-        }
-
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
         torch_adamax(

@@ -83,16 +83,6 @@ class RMSprop(BaseOptimizer):
         check_non_negative(options["weight_decay"], "weight_decay value")
         check_non_negative(options["alpha"], "alpha value")
 
-    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "lr": float(group["lr"]),
-            "alpha": float(group["alpha"]),
-            "eps": float(group["eps"]),
-            "weight_decay": float(group["weight_decay"]),
-            "momentum": float(group["momentum"]),
-            "centered": group["centered"],
-        }
-
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self._state_of(p, group) for p in params]
         torch_rmsprop(

@@ -24,7 +24,8 @@ class SGD(BaseOptimizer):
         g = g + momentum * b  (nesterov)   or   g = b
         p = p - lr * g
 
-    The momentum buffer ``b`` exists only when ``momentum != 0``; SGD keeps no ``step``.
+    The momentum buffer ``b`` exists only when ``momentum != 0`` (the kernel creates it as zeros
+    marked fresh, and sets it to the first gradient); SGD keeps no ``step``.
     """
 
     kernel = sgd_kernel
@@ -71,16 +72,6 @@ class SGD(BaseOptimizer):
         check_non_negative(options["weight_decay"], "weight_decay value")
         if options["nesterov"] and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-
-    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
-        """The kernel starts a new momentum buffer (zeros, marked fresh) as the gradient."""
-        return {
-            "lr": float(group["lr"]),
-            "momentum": float(group["momentum"]),
-            "dampening": float(group["dampening"]),
-            "weight_decay": float(group["weight_decay"]),
-            "nesterov": group["nesterov"],
-        }
 
     def _torch_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         with_momentum = group["momentum"] != 0

@@ -28,6 +28,7 @@ hash's 32 bits: bfloat16 buffers in rows 2k-1 and 2k share one hash per element,
 an 8-bit block shares one with code i + half the block.
 """
 
+import inspect
 import os
 import types as pytypes
 import warnings
@@ -330,11 +331,13 @@ class Kernel:
     """A kernel compiled twice: parallel (Numba's default threading layer, which shares
     torch's OpenMP threads where it can) and serial. A forked child (such as a DataLoader
     worker) runs the serial one, since an OpenMP pool does not survive a fork. ``rows``
-    names its memory rows (:func:`memory_rows`); it is called with keyword arguments."""
+    names its memory rows (:func:`memory_rows`), ``parameters`` its arguments' names; it is
+    called with keyword arguments."""
 
     def __init__(self, function: Callable[..., Any], rows: Any) -> None:
         options = {"cache": True, "nogil": True, "error_model": "numpy", "fastmath": {"contract"}}
         self.rows = rows
+        self.parameters = tuple(inspect.signature(function).parameters)
         self.parallel = njit(parallel=True, **options)(function)
         serial = pytypes.FunctionType(
             function.__code__, function.__globals__, function.__name__ + "_serial"
