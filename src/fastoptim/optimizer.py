@@ -82,6 +82,10 @@ class BaseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
     #: The algorithm's fused kernel (fastoptim.kernels.memory.Kernel).
     kernel: ClassVar[Kernel]
 
+    #: Derived from ``kernel``: its arguments besides the common ones, bound to the group's
+    #: options of the same names.
+    kernel_hyperparameters: ClassVar[tuple[str, ...]] = ()
+
     #: Derived from ``declared_state``: the buffers ``state_dtype`` applies to, and those of
     #: them that are never negative (kept as unsigned 8-bit codes).
     state_buffers: ClassVar[tuple[str, ...]] = ()
@@ -89,13 +93,18 @@ class BaseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every optimizer's constructor checks its arguments' types first; the names of its
-        buffers follow from its declared state."""
+        buffers follow from its declared state, its kernel's hyperparameters from the kernel."""
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
             cls.__init__ = checked_init(cls, cls.__dict__["__init__"])  # type: ignore[method-assign]
         declared = buffers(cls.declared_state)
         cls.state_buffers = tuple(item.name for item in declared)
         cls.non_negative_state = frozenset(item.name for item in declared if item.non_negative)
+        kernel = getattr(cls, "kernel", None)
+        if kernel is not None:
+            cls.kernel_hyperparameters = tuple(
+                name for name in kernel.parameters if name not in KERNEL_ARGUMENTS
+            )
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         if isinstance(params, torch.nn.Module):
@@ -298,13 +307,12 @@ class BaseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
         """The group's hyperparameters as the kernel's keyword arguments, bound by name: each
         kernel argument besides the common ones (``KernelCall.arguments``) is the group's
         option of that name (``beta1`` and ``beta2``: its ``betas``), numbers as floats."""
-        betas = group.get("betas", (None, None))
-        options = {**group, "beta1": betas[0], "beta2": betas[1]}
-        return {
-            name: options[name] if isinstance(options[name], bool) else float(options[name])
-            for name in self.kernel.parameters
-            if name not in KERNEL_ARGUMENTS
-        }
+        betas = dict(zip(("beta1", "beta2"), group.get("betas", ()), strict=False))
+        options = {}
+        for name in self.kernel_hyperparameters:
+            value = betas[name] if name in betas else group[name]
+            options[name] = value if isinstance(value, bool) else float(value)
+        return options
 
     def _run_kernel(self, group: dict[str, Any], call: KernelCall) -> None:
         """Run one fused kernel call on as many threads as torch uses."""
